@@ -1,0 +1,103 @@
+"""The only code that spells Redis key strings.
+
+Layout: ``{prefix}:{entity}:{id}[:{facet}]``. The task hash ``{prefix}:task:{id}``
+(with its ``state`` field), the ``{prefix}:tasks`` zset and the default prefix
+``monitor`` are a public contract that other tools may read.
+
+Lua scripts get every key through KEYS. A batch touches keys that depend on
+what it reads (a task's previous state index, its parent's children set), so
+the write script receives key *prefixes* from :meth:`Keys.script_keys` and only
+appends ids to them; it never spells a key of its own. (This ties the monitor to
+a single Redis instance, not a Redis Cluster: see the README.)
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Keys:
+    prefix: str = "monitor"
+
+    # -- tasks -------------------------------------------------------------
+    def task(self, task_id: str) -> str:
+        """hash: the task's fields (state, name, args, result, timestamps ...)."""
+        return f"{self.prefix}:task:{task_id}"
+
+    def timeline(self, task_id: str) -> str:
+        """list: one JSON entry per transition {s, t, h, src, r}."""
+        return f"{self.prefix}:task:{task_id}:timeline"
+
+    def children(self, task_id: str) -> str:
+        """set: ids of tasks whose parent_id is this task."""
+        return f"{self.prefix}:task:{task_id}:children"
+
+    @property
+    def tasks(self) -> str:
+        """zset: task id -> last update time (the newest-first list)."""
+        return f"{self.prefix}:tasks"
+
+    def by_state(self, state: str) -> str:
+        return f"{self.prefix}:tasks:state:{state}"
+
+    def by_name(self, name: str) -> str:
+        return f"{self.prefix}:tasks:name:{name}"
+
+    def by_worker(self, hostname: str) -> str:
+        return f"{self.prefix}:tasks:worker:{hostname}"
+
+    def group(self, group_id: str) -> str:
+        """set: ids of the tasks of one group or chord header."""
+        return f"{self.prefix}:group:{group_id}"
+
+    @property
+    def task_names(self) -> str:
+        """zset: task name -> last time seen (task types)."""
+        return f"{self.prefix}:names"
+
+    # -- workers -------------------------------------------------------------
+    def worker(self, hostname: str) -> str:
+        return f"{self.prefix}:worker:{hostname}"
+
+    @property
+    def workers(self) -> str:
+        """zset: hostname -> last sign of life (heartbeat or task activity)."""
+        return f"{self.prefix}:workers"
+
+    # -- feeds and counters -----------------------------------------------
+    def stats(self, minute: int) -> str:
+        """hash: counters for one minute (epoch seconds // 60)."""
+        return f"{self.prefix}:stats:{minute}"
+
+    @property
+    def changes(self) -> str:
+        """stream: change feed for the web tier (bounded)."""
+        return f"{self.prefix}:changes"
+
+    @property
+    def meta(self) -> str:
+        """hash: monitor's own counters (dropped records, malformed events ...)."""
+        return f"{self.prefix}:meta"
+
+    def pattern(self) -> str:
+        """Glob matching every key of this prefix (tests, `monitor purge`)."""
+        return f"{self.prefix}:*"
+
+    def script_keys(self) -> list[str]:
+        """KEYS for the batch script, in the order its header documents."""
+        return [
+            self.task(""),  # 1: task hash prefix
+            self.tasks,  # 2
+            self.by_state(""),  # 3: prefix
+            self.by_name(""),  # 4: prefix
+            self.by_worker(""),  # 5: prefix
+            self.group(""),  # 6: prefix
+            self.worker(""),  # 7: prefix
+            self.workers,  # 8
+            self.stats(0)[:-1],  # 9: prefix
+            self.changes,  # 10
+            self.task_names,  # 11
+            self.timeline("\0").split("\0")[1],  # 12: timeline suffix
+            self.children("\0").split("\0")[1],  # 13: children suffix
+        ]

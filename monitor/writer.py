@@ -1,0 +1,221 @@
+"""A bounded, non-blocking buffer that writes records to the store in batches.
+
+Both ingestion paths use it. ``put()`` only appends to an in-memory deque; a
+background thread takes batches (by count, or every ``flush_interval``) and
+applies each in one Redis round trip. When Redis is down or slow, records
+wait in the buffer; when it is full:
+
+- ``block_when_full=False`` (signal hooks inside the user's processes): the
+  oldest record is dropped and counted. A task must never wait on the monitor.
+- ``block_when_full=True`` (the event receiver): ``put()`` waits, so the
+  receiver stops consuming and events wait in the broker instead of being lost.
+
+Dropped records are added to ``{prefix}:meta`` (``dropped:<source>``) once
+Redis answers again, so the loss is visible on the dashboard and in metrics.
+The buffer belongs to one process: after a fork the child starts empty (the
+parent still owns and flushes the records it had).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from typing import Any
+
+import redis
+
+from .model import TaskEvent, WorkerEvent
+from .store import Store
+
+logger = logging.getLogger(__name__)
+
+Record = TaskEvent | WorkerEvent
+#: Capped exponential backoff while Redis is unreachable (seconds).
+BACKOFF_START = 0.1
+BACKOFF_MAX = 5.0
+
+
+class BufferedWriter:
+    def __init__(
+        self,
+        store_factory: Callable[[], Store],
+        *,
+        capacity: int = 10_000,
+        batch_size: int = 500,
+        flush_interval: float = 0.1,
+        block_when_full: bool = False,
+        source: str = "signal",
+        on_batch: Callable[[int], Any] | None = None,
+    ) -> None:
+        self._store_factory = store_factory
+        self._store: Store | None = None
+        self.capacity = capacity
+        self.batch_size = batch_size
+        self.flush_interval = flush_interval
+        self.block_when_full = block_when_full
+        self.source = source
+        self._on_batch = on_batch
+        self._reset()
+
+    def _reset(self) -> None:
+        self._pid = os.getpid()
+        self._buffer: deque[Record] = deque()
+        self._cond = threading.Condition(threading.Lock())
+        self._thread: threading.Thread | None = None
+        self._closing = False
+        self._write_lock = threading.Lock()
+        self.dropped = 0  # since start, in this process
+        self._dropped_unreported = 0
+        self.written = 0
+        self.failures = 0
+        self.redis_ok = True
+
+    # -- producer side -------------------------------------------------------
+    def put(self, record: Record) -> None:
+        """Queue one record. Never raises; never blocks unless ``block_when_full``."""
+        if self._pid != os.getpid():
+            self._reset()  # forked: threads and locks did not survive
+        with self._cond:
+            if len(self._buffer) >= self.capacity:
+                if self.block_when_full:
+                    while len(self._buffer) >= self.capacity and not self._closing:
+                        self._cond.wait(0.5)
+                else:
+                    self._buffer.popleft()
+                    self.dropped += 1
+                    self._dropped_unreported += 1
+            self._buffer.append(record)
+            if len(self._buffer) >= self.batch_size:
+                self._cond.notify_all()
+        if self._thread is None:
+            self._start()
+
+    def pending(self) -> int:
+        return len(self._buffer)
+
+    def _start(self) -> None:
+        with self._cond:
+            if self._thread is not None:
+                return
+            self._thread = threading.Thread(
+                target=self._run, name=f"monitor-{self.source}-writer", daemon=True
+            )
+            self._thread.start()
+
+    # -- consumer side -------------------------------------------------------
+    def _take(self) -> list[Record]:
+        with self._cond:
+            n = min(len(self._buffer), self.batch_size)
+            batch = [self._buffer.popleft() for _ in range(n)]
+            if n and self.block_when_full:
+                self._cond.notify_all()
+            return batch
+
+    def _give_back(self, batch: list[Record]) -> None:
+        """Put an unwritten batch back in front, dropping the oldest beyond capacity."""
+        with self._cond:
+            self._buffer.extendleft(reversed(batch))
+            overflow = len(self._buffer) - self.capacity
+            if overflow > 0 and not self.block_when_full:
+                for _ in range(overflow):
+                    self._buffer.popleft()
+                self.dropped += overflow
+                self._dropped_unreported += overflow
+
+    def _write(self, batch: list[Record]) -> None:
+        if self._store is None:
+            self._store = self._store_factory()
+        self._store.apply(batch)
+        if self._dropped_unreported:
+            n, self._dropped_unreported = self._dropped_unreported, 0
+            try:
+                self._store.incr_meta({f"dropped:{self.source}": n})
+            except redis.RedisError:
+                self._dropped_unreported += n
+                raise
+
+    def flush_once(self) -> bool:
+        """Write one batch now. False when Redis refused it (the batch is kept)."""
+        with self._write_lock:
+            batch = self._take()
+            if not batch and not self._dropped_unreported:
+                return True
+            try:
+                if batch:
+                    self._write(batch)
+                elif self._store is not None:
+                    self._store.incr_meta({f"dropped:{self.source}": self._dropped_unreported})
+                    self._dropped_unreported = 0
+            except (redis.RedisError, OSError) as exc:
+                self._give_back(batch)
+                self.failures += 1
+                if self.redis_ok:
+                    logger.warning(
+                        "monitor: cannot write to Redis (%s); buffering up to %d records",
+                        exc,
+                        self.capacity,
+                    )
+                self.redis_ok = False
+                return False
+            except Exception:
+                # A record Redis rejects for its content (never expected): drop
+                # the batch rather than retry it forever, and say so.
+                logger.exception("monitor: dropping a batch of %d records", len(batch))
+                self.dropped += len(batch)
+                self._dropped_unreported += len(batch)
+                return True
+            if not self.redis_ok:
+                logger.warning("monitor: Redis is back; writing resumed")
+                self.redis_ok = True
+            self.written += len(batch)
+            if self._on_batch is not None:
+                self._on_batch(len(batch))
+            return True
+
+    def _run(self) -> None:
+        backoff = BACKOFF_START
+        while True:
+            with self._cond:
+                if not self._buffer and not self._closing:
+                    self._cond.wait(self.flush_interval)
+                elif len(self._buffer) < self.batch_size and not self._closing:
+                    # Let a batch build up, but never hold a record longer than
+                    # flush_interval (latency bound).
+                    self._cond.wait(self.flush_interval)
+                closing = self._closing
+            if self._buffer or self._dropped_unreported:
+                if self.flush_once():
+                    backoff = BACKOFF_START
+                else:
+                    time.sleep(backoff)
+                    backoff = min(backoff * 2, BACKOFF_MAX)
+                    continue
+            if closing and not self._buffer:
+                return
+
+    def flush(self, timeout: float = 5.0) -> bool:
+        """Write everything buffered, from the calling thread, within ``timeout``."""
+        if self._pid != os.getpid():
+            return True
+        deadline = time.monotonic() + timeout
+        while self._buffer or self._dropped_unreported:
+            if time.monotonic() >= deadline:
+                return False
+            if not self.flush_once():
+                time.sleep(min(0.2, max(0.0, deadline - time.monotonic())))
+        return True
+
+    def close(self, timeout: float = 5.0) -> bool:
+        """Flush and stop the thread. Returns False if records were left unwritten."""
+        flushed = self.flush(timeout)
+        with self._cond:
+            self._closing = True
+            self._cond.notify_all()
+        thread = self._thread
+        if thread is not None and thread is not threading.current_thread():
+            thread.join(timeout=1.0)
+        return flushed
