@@ -222,9 +222,7 @@ def redact_repr(text: str, names: Iterable[str]) -> str:
     if isinstance(value, dict):
         return repr(redact_mapping(value, names))
     alternatives = "|".join(re.escape(n) for n in names)
-    pattern = re.compile(
-        r"""(['"]?(?:%s)['"]?\s*[:=]\s*)('(?:[^'\\]|\\.)*'|"(?:[^"\\]|\\.)*"|[^,}\s]+)"""
-        % alternatives,
-        re.IGNORECASE,
-    )
+    key = r"""(['"]?(?:""" + alternatives + r""")['"]?\s*[:=]\s*)"""
+    value = r"""('(?:[^'\\]|\\.)*'|"(?:[^"\\]|\\.)*"|[^,}\s]+)"""
+    pattern = re.compile(key + value, re.IGNORECASE)
     return pattern.sub(lambda m: m.group(1) + repr(REDACTED), text)
