@@ -35,7 +35,8 @@ SUBJECT_TO_STATE: Mapping[str, str] = TASK_EVENT_TO_STATE
 STATE_TO_SUBJECT: Mapping[str, str] = {v: k for k, v in TASK_EVENT_TO_STATE.items()}
 #: States that end a task (no more transitions expected).
 READY_STATES = states.READY_STATES
-KNOWN_STATES = frozenset(states.ALL_STATES) | {states.RETRY, states.RECEIVED}
+#: Every state Celery ranks (PRECEDENCE lists REJECTED, which ALL_STATES lacks).
+KNOWN_STATES = frozenset(s for s in states.PRECEDENCE if s is not None) | states.ALL_STATES
 
 #: Fields whose size is capped before they are stored.
 CAPPED_FIELDS = (

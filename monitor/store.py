@@ -65,6 +65,11 @@ LIST_FIELDS = (
 )
 
 
+def bucket_label(upper_bound: float) -> str:
+    """Counter field suffix of a runtime bucket: ``rt:0.25``, ``rt:5``, ``rt:+Inf``."""
+    return f"{upper_bound:g}"
+
+
 def redis_client(url: str, **options: Any) -> redis.Redis:
     """A Redis client that fails fast: the monitor never hangs on a dead Redis."""
     options.setdefault("socket_timeout", 5.0)
@@ -166,7 +171,7 @@ class Store:
                 "stats_ttl": s.stats_ttl,
                 "dedup_window": DEDUP_WINDOW,
                 "purge_after": s.worker_purge_after,
-                "rt_buckets": RUNTIME_BUCKETS,
+                "rt_buckets": [[b, bucket_label(b)] for b in RUNTIME_BUCKETS],
             }
         )
 

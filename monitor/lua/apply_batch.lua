@@ -21,7 +21,7 @@
 --            worker: {k="w", h=host, kind="online"|"heartbeat"|"offline", t, ts, src, f={}}
 -- ARGV[2]  JSON config: ranks{state=rank}, custom_rank, now, max_tasks, max_age,
 --          max_timeline, stream_maxlen, stats_ttl, dedup_window, purge_after,
---          rt_buckets[]
+--          rt_buckets[[upper bound, label]]
 -- returns  {applied, duplicates, tasks_changed, trimmed}
 --
 -- The precedence rule is Celery's Task.event (celery/events/state.py): a
@@ -173,8 +173,8 @@ local function apply_task(rec)
     local runtime = tonumber(f.runtime)
     if runtime and (rec.s == 'SUCCESS' or rec.s == 'FAILURE') then
       local bucket = '+Inf'
-      for _, le in ipairs(cfg.rt_buckets) do
-        if runtime <= le then bucket = tostring(le); break end
+      for _, b in ipairs(cfg.rt_buckets) do
+        if runtime <= b[1] then bucket = b[2]; break end
       end
       bump(stats, skey, 'rt:' .. bucket, 1)
       bump(stats, skey, 'rtsum', runtime)
@@ -267,6 +267,10 @@ for _, id in ipairs(order) do
 
     local score = t.score
     redis.call('ZADD', K_TASKS, 'GT', score, id)
+    if t.exists then
+      -- a late event must not put the task in a new index at an older time
+      score = tonumber(redis.call('ZSCORE', K_TASKS, id)) or score
+    end
     if t.orig_state and t.orig_state ~= t.state then
       redis.call('ZREM', P_STATE .. t.orig_state, id)
     end
