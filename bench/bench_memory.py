@@ -26,7 +26,7 @@ WORKERS = [f"celery@worker-{i}" for i in range(4)]
 def lifecycle(i: int, now: float, both: bool) -> list[TaskEvent]:
     tid = str(uuid.uuid4())
     name, worker = NAMES[i % len(NAMES)], WORKERS[i % len(WORKERS)]
-    args = [i, "user-%d" % (i % 1000)]
+    args = [i, f"user-{i % 1000}"]
     events = [
         TaskEvent(
             tid,
