@@ -31,6 +31,8 @@ logger = logging.getLogger(__name__)
 
 #: Upper bounds (seconds) of the runtime histogram buckets; +Inf is implicit.
 RUNTIME_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0)
+#: Fields holding the real, JSON-encoded arguments (signals path).
+JSON_FIELDS = frozenset({"args_json", "kwargs_json"})
 #: Two reports of one transition by different sources closer than this are one.
 DEDUP_WINDOW = 2.0
 #: A worker without a known heartbeat interval is assumed to beat this often.
@@ -127,6 +129,18 @@ class Store:
                 continue
             if key in ("kwargs", "kwargs_json") and isinstance(value, dict):
                 value = model.redact_mapping(value, self.settings.redact)
+            if key in JSON_FIELDS and not isinstance(value, str):
+                # Real arguments, for a faithful retry: strict JSON or nothing
+                # (the display repr is still stored), and never cut in half.
+                try:
+                    text = json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+                except (TypeError, ValueError):
+                    continue
+                if len(text) > cap // 4 and len(text.encode()) > cap:
+                    fields[key + "_truncated"] = str(len(text.encode()))
+                    continue
+                fields[key] = text
+                continue
             text = model.as_text(value)
             if key in model.CAPPED_FIELDS:
                 text, size = model.cap_text(text, cap)
@@ -163,6 +177,7 @@ class Store:
             {
                 "ranks": self._ranks,
                 "custom_rank": model.CUSTOM_RANK,
+                "ready_states": sorted(model.READY_STATES | {"REJECTED"}),
                 "now": now,
                 "max_tasks": s.max_tasks,
                 "max_age": s.max_age,

@@ -19,7 +19,7 @@
 --                     f={field=text}, keep=[fields kept when merged] or null,
 --                     tf=timestamp field ("received") or null, rt=retries or null}
 --            worker: {k="w", h=host, kind="online"|"heartbeat"|"offline", t, ts, src, f={}}
--- ARGV[2]  JSON config: ranks{state=rank}, custom_rank, now, max_tasks, max_age,
+-- ARGV[2]  JSON config: ranks{state=rank}, custom_rank, ready_states[], now, max_tasks, max_age,
 --          max_timeline, stream_maxlen, stats_ttl, dedup_window, purge_after,
 --          rt_buckets[[upper bound, label]]
 -- returns  {applied, duplicates, tasks_changed, trimmed}
@@ -33,6 +33,8 @@ local records = cjson.decode(ARGV[1])
 local cfg = cjson.decode(ARGV[2])
 local ranks = cfg.ranks
 local custom_rank = cfg.custom_rank
+local ready = {}
+for _, state in ipairs(cfg.ready_states) do ready[state] = true end
 
 local P_TASK, K_TASKS, P_STATE, P_NAME, P_WORKER_IDX = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
 local P_GROUP, P_WORKER, K_WORKERS, P_STATS = KEYS[6], KEYS[7], KEYS[8], KEYS[9]
@@ -101,14 +103,17 @@ local function find_duplicate(t, rec, retries, explicit)
     local e = tl[i]
     if e.s == rec.s then
       local dt = math.abs(e.t - rec.t)
+      local same_attempt = (not explicit) or e.r == nil or e.r == retries
       if has_source(e, rec.src) then
         -- t2 is when the second source reported the transition it shares.
         if dt <= 0.0005 or (e.t2 and math.abs(e.t2 - rec.t) <= 0.0005) then
           return 'exact'
         end
-      elseif dt <= best_dt then
-        local same_attempt = (not explicit) or e.r == nil or e.r == retries
-        if same_attempt then best, best_dt = i, dt end
+        -- One attempt ends once: Celery itself reports some endings twice
+        -- (a hard time limit fires task_failure from two places).
+        if ready[rec.s] and same_attempt and dt <= best_dt then best, best_dt = i, dt end
+      elseif dt <= best_dt and same_attempt then
+        best, best_dt = i, dt
       end
     end
   end
@@ -129,8 +134,10 @@ local function apply_task(rec)
   if is_dup then
     duplicates = duplicates + 1
     local e = tl[dup]
-    e.src = e.src .. ',' .. rec.src
-    e.t2 = rec.t
+    if not has_source(e, rec.src) then
+      e.src = e.src .. ',' .. rec.src
+      e.t2 = rec.t
+    end
     if e.h == nil and rec.h ~= '' then e.h = rec.h end
     if dup <= t.tl_base then t.tl_set[dup] = e end
   else

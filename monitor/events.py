@@ -1,0 +1,193 @@
+"""The Celery event receiver: broker ``celeryev`` exchange -> TaskEvent -> store.
+
+Consumes every event (task-*, including task-sent and custom events such as
+task-progress; worker-*; and Celery's batched ``task.multi`` lists) from an
+auto-delete queue bound to the event exchange, exactly as Celery's own
+``EventReceiver`` binds it, but decodes messages itself: a malformed body costs
+a counted, rate-limited log line, never the consumer. Records go through a
+:class:`~monitor.writer.BufferedWriter` in blocking mode: while Redis is away
+the receiver stops consuming and events wait in the broker.
+
+Usable as a library (``Receiver(settings).start()`` / ``.stop()``, embedded in
+``monitor serve``) and from the CLI (``python -m monitor events``: ``run()``).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+import uuid
+from typing import Any
+
+import redis
+from celery import Celery
+from kombu import Connection, Consumer, Exchange, Queue
+
+from .config import Settings
+from .model import MalformedEvent, TaskEvent
+from .store import Store
+from .writer import BufferedWriter
+
+logger = logging.getLogger(__name__)
+
+#: Capped exponential backoff for broker reconnects (seconds).
+RECONNECT_START = 0.5
+RECONNECT_MAX = 10.0
+#: Seconds between two log lines about malformed events.
+MALFORMED_LOG_EVERY = 10.0
+
+
+def make_app(settings: Settings, app: Celery | None = None) -> Celery:
+    """The Celery app whose broker we listen on: the user's (``-A``) or our own."""
+    if app is None:
+        app = Celery("monitor", broker=settings.broker_url or settings.redis_url)
+    elif settings.broker_url:
+        app.conf.broker_url = settings.broker_url
+    app.conf.broker_connection_retry_on_startup = True
+    return app
+
+
+class Receiver:
+    def __init__(self, settings: Settings, app: Celery | None = None) -> None:
+        self.settings = settings
+        self.app = make_app(settings, app)
+        self.writer = BufferedWriter(
+            lambda: Store.from_settings(settings),
+            capacity=settings.buffer_size,
+            batch_size=settings.batch_size,
+            flush_interval=settings.flush_interval,
+            block_when_full=True,
+            source="event",
+        )
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self.connected = threading.Event()
+        self.received = 0
+        self.malformed = 0
+        self._malformed_unreported = 0
+        self._last_malformed_log = 0.0
+        self._meta_store: Store | None = None
+
+    # -- lifecycle -------------------------------------------------------------
+    def start(self) -> Receiver:
+        """Consume in a daemon thread (embedded use)."""
+        self._thread = threading.Thread(target=self.run, name="monitor-events", daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self, timeout: float = 10.0) -> None:
+        self._stop.set()
+        if self._thread is not None and self._thread is not threading.current_thread():
+            self._thread.join(timeout)
+        self.writer.close(timeout)
+
+    def run(self) -> None:
+        """Consume until :meth:`stop`, reconnecting to the broker with capped backoff."""
+        enabler = None
+        if self.settings.enable_events:
+            enabler = threading.Thread(
+                target=self._enable_events_loop, name="monitor-enable-events", daemon=True
+            )
+            enabler.start()
+        backoff = RECONNECT_START
+        while not self._stop.is_set():
+            try:
+                self._consume()
+                backoff = RECONNECT_START
+            except Exception as exc:  # kombu raises transport-specific errors
+                self.connected.clear()
+                if self._stop.is_set():
+                    break
+                logger.warning(
+                    "monitor: event receiver lost the broker (%s: %s); reconnecting in %.1fs",
+                    type(exc).__name__,
+                    exc,
+                    backoff,
+                )
+                self._stop.wait(backoff)
+                backoff = min(backoff * 2, RECONNECT_MAX)
+
+    # -- consuming ---------------------------------------------------------------
+    def _queue(self) -> Queue:
+        conf = self.app.conf
+        exchange = Exchange(conf.event_exchange, type="topic")
+        return Queue(
+            f"{conf.event_queue_prefix}.monitor.{uuid.uuid4().hex}",
+            exchange=exchange,
+            routing_key="#",
+            auto_delete=True,
+            durable=False,
+            message_ttl=conf.event_queue_ttl,
+            expires=conf.event_queue_expires,
+        )
+
+    def _consume(self) -> None:
+        with Connection(self.app.conf.broker_url, heartbeat=10) as conn:
+            conn.ensure_connection(max_retries=1)
+            channel = conn.channel()
+            consumer = Consumer(
+                channel,
+                queues=[self._queue()],
+                callbacks=[self._on_message],
+                on_decode_error=self._on_decode_error,
+                no_ack=True,
+                accept=["json", "application/json"],
+            )
+            with consumer:
+                if not self.connected.is_set():
+                    logger.warning("monitor: event receiver connected to %s", conn.as_uri())
+                self.connected.set()
+                last_meta = time.monotonic()
+                while not self._stop.is_set():
+                    try:
+                        conn.drain_events(timeout=0.5)
+                    except TimeoutError:
+                        conn.heartbeat_check()
+                    if time.monotonic() - last_meta > 1.0:
+                        self._report_malformed()
+                        last_meta = time.monotonic()
+        self._report_malformed()
+
+    def _on_message(self, body: Any, message: Any) -> None:
+        # Celery >= 4 batches task events in lists (routing key task.multi).
+        for event in body if isinstance(body, list) else (body,):
+            self.received += 1
+            try:
+                record = TaskEvent.from_celery_event(event)
+            except MalformedEvent as exc:
+                self._count_malformed(str(exc))
+                continue
+            if record is not None:
+                self.writer.put(record)
+
+    def _on_decode_error(self, message: Any, exc: Exception) -> None:
+        self._count_malformed(f"undecodable message ({type(exc).__name__}: {exc})")
+
+    def _count_malformed(self, why: str) -> None:
+        self.malformed += 1
+        self._malformed_unreported += 1
+        now = time.monotonic()
+        if now - self._last_malformed_log > MALFORMED_LOG_EVERY:
+            self._last_malformed_log = now
+            logger.warning("monitor: skipped a malformed event: %.300s", why)
+
+    def _report_malformed(self) -> None:
+        n = self._malformed_unreported
+        if not n:
+            return
+        try:
+            if self._meta_store is None:
+                self._meta_store = Store.from_settings(self.settings)
+            self._meta_store.incr_meta({"malformed:event": n})
+            self._malformed_unreported -= n
+        except redis.RedisError:
+            pass  # counted again next time
+
+    def _enable_events_loop(self) -> None:
+        while not self._stop.is_set():
+            try:
+                self.app.control.enable_events()
+            except Exception as exc:
+                logger.debug("monitor: enable_events broadcast failed: %s", exc)
+            self._stop.wait(self.settings.enable_events_interval)

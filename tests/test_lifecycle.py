@@ -1,0 +1,241 @@
+"""End to end: real prefork workers, real brokers, every task outcome, three ways.
+
+For signals only, events only, and both together, on a Redis broker and on
+RabbitMQ, a worker runs the task mix of tests/workerapp.py and the store must
+end with each task's Celery state, its timeline and its fields; with both
+sources, every transition is stored once (its timeline entry naming both).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import uuid
+from contextlib import contextmanager
+
+import pytest
+from celery import Celery, chain, chord, group
+
+import monitor.signals
+from monitor.events import Receiver
+
+from .helpers import WorkerProcess, wait_for
+
+pytestmark = pytest.mark.slow
+
+MODES = {
+    # mode: (hooks in producer and worker, worker sends events, receiver runs)
+    "signals": (True, False, False),
+    "events": (False, True, True),
+    "both": (True, True, True),
+}
+T = "tests.workerapp."
+
+
+@pytest.fixture(params=["redis", "amqp"])
+def broker_url(request, redis_url):
+    if request.param == "redis":
+        return "redis://127.0.0.1:6379/3"
+    return request.getfixturevalue("amqp_url")
+
+
+@contextmanager
+def running_cluster(mode, broker_url, settings, store):
+    """Producer app, receiver and worker wired for one mode."""
+    hooks, events, receiver_on = MODES[mode]
+    queue = f"q-{settings.prefix}"
+    settings = settings.replace(broker_url=broker_url, enable_events=False)
+    producer = Celery("producer", broker=broker_url, backend="redis://127.0.0.1:6379/1")
+    producer.conf.update(
+        task_send_sent_event=True,
+        task_default_queue=queue,
+        broker_connection_retry_on_startup=True,
+    )
+    if hooks:
+        monitor.signals.connect(producer, redis_url=settings.redis_url, prefix=settings.prefix)
+    receiver = Receiver(settings) if receiver_on else None
+    if receiver is not None:
+        receiver.start()
+    worker = WorkerProcess(
+        broker=broker_url, queue=queue, prefix=settings.prefix, hooks=hooks, events=events
+    )
+    try:
+        worker.start()
+        yield producer, worker
+        worker.stop()
+        # offline: worker_shutdown (signals) or worker-offline (events) reached the store
+        wait_for(
+            lambda: (store.worker(worker.hostname) or {}).get("status") == "offline",
+            20,
+            what="worker offline",
+        )
+    finally:
+        worker.stop()
+        if receiver is not None:
+            receiver.stop()
+        if hooks:
+            monitor.signals.disconnect()
+        producer.close()
+
+
+@pytest.fixture(params=list(MODES))
+def cluster(request, broker_url, settings, store):
+    with running_cluster(request.param, broker_url, settings, store) as (producer, worker):
+        yield request.param, producer, worker
+
+
+@pytest.fixture
+def both_cluster(broker_url, settings, store):
+    with running_cluster("both", broker_url, settings, store) as (producer, worker):
+        yield producer, worker
+
+
+def final(store, task_id, states, timeout=40):
+    return wait_for(
+        lambda: (t := store.get_task(task_id)) and t["state"] in states and t,
+        timeout,
+        0.1,
+        what=f"task {task_id} in {states}",
+    )
+
+
+def timeline_states(task):
+    return [e["state"] for e in task["timeline"]]
+
+
+def test_every_outcome_is_recorded(cluster, store):
+    mode, app, worker = cluster
+    send = app.send_task
+    ok = send(T + "add", (2, 3))
+    failed = send(T + "fail", ("boom <b>",))
+    retried = send(T + "retry_once")
+    exhausted = send(T + "always_retry")
+    rejected = send(T + "reject")
+    expired = send(T + "add", (1, 1), expires=dt.datetime.now(dt.UTC) - dt.timedelta(minutes=1))
+    limited = send(T + "hard_limit")
+    progress = send(T + "progress", (3,))
+    later = send(T + "sleep", (0,), countdown=4)
+    running = send(T + "sleep", (60,))
+    chained = chain(app.signature(T + "add", (1, 2)), app.signature(T + "add", (3,))).delay()
+    grouped = group(app.signature(T + "add", (i, i)) for i in range(3)).delay()
+    chorded = chord(
+        [app.signature(T + "add", (i, 1)) for i in range(2)], app.signature(T + "tsum")
+    ).delay()
+
+    app.control.revoke(later.id)
+    final(store, running.id, {"STARTED"})
+    app.control.revoke(running.id, terminate=True, signal="SIGKILL")
+
+    task = final(store, ok.id, {"SUCCESS"})
+    assert task["result"] == "5" and float(task["runtime"]) >= 0
+    assert task["name"] == T + "add" and task["worker"] == worker.hostname
+    assert timeline_states(task)[-3:] == ["RECEIVED", "STARTED", "SUCCESS"]
+    assert timeline_states(task)[0] == "PENDING"  # seen at publish time (signal or task-sent)
+    assert task["queue"] == worker.queue or mode == "events"
+
+    task = final(store, failed.id, {"FAILURE"})
+    assert "boom <b>" in task["exception"] and "ValueError" in task["exception"]
+    assert "Traceback" in task["traceback"]
+
+    task = final(store, retried.id, {"SUCCESS"})
+    assert task["retries"] == "1" and "RETRY" in timeline_states(task)
+    assert task["result"] == "'ok after retry'"
+
+    task = final(store, exhausted.id, {"FAILURE"})
+    assert timeline_states(task).count("RETRY") == 2
+    assert "never works" in task["exception"]
+
+    # Celery >= 5.6 also marks Reject(requeue=False) as FAILURE (and reports it
+    # as such: task_failure / task-failed); the REJECTED transition stays visible.
+    task = final(store, rejected.id, {"REJECTED", "FAILURE"})
+    assert "REJECTED" in timeline_states(task)
+    task = final(store, expired.id, {"REVOKED"})
+    assert task.get("expired") in ("1", "True")
+
+    task = final(store, limited.id, {"FAILURE"})
+    assert "TimeLimitExceeded" in task["exception"]
+
+    task = final(store, progress.id, {"SUCCESS"})
+    assert "PROGRESS" in timeline_states(task)
+    assert json.loads(task["progress"]) == {"current": 3, "total": 3}
+
+    task = final(store, later.id, {"REVOKED"})
+    assert "STARTED" not in timeline_states(task)
+    task = final(store, running.id, {"REVOKED"})
+    assert task.get("terminated") in ("1", "True")
+
+    # canvas: links between parent and children, group membership
+    second = final(store, chained.id, {"SUCCESS"})
+    first_id = second["parent_id"]
+    assert final(store, first_id, {"SUCCESS"})["result"] == "3"
+    assert second["result"] == "6"
+    assert second["id"] in store.get_task(first_id)["children"]
+    member_ids = [r.id for r in grouped.results]
+    for member in member_ids:
+        task = final(store, member, {"SUCCESS"})
+        assert sorted(task["group"]) == sorted(member_ids) or mode == "events"
+    body = final(store, chorded.id, {"SUCCESS"})
+    assert body["result"] == "3"
+
+    # the worker's record, from worker_ready/heartbeat_sent or worker events
+    record = wait_for(lambda: store.worker(worker.hostname), 10, what="worker record")
+    assert record["online"] is True
+    if mode != "events":
+        assert record["pool"] and int(record["concurrency"]) == 2
+        assert worker.queue in record["queues"]
+
+
+def test_both_sources_store_each_transition_once(both_cluster, store):
+    app, worker = both_cluster
+    ids = [app.send_task(T + "add", (i, i)).id for i in range(10)]
+    ids.append(app.send_task(T + "retry_once").id)
+    for task_id in ids:
+        task = final(store, task_id, {"SUCCESS"})
+        # wait until the slower path has reported too, then check there is no duplicate
+        wait_for(
+            lambda task_id=task_id: all(
+                {"signal", "event"} <= set(e["sources"])
+                for e in store.get_task(task_id)["timeline"]
+                if e["state"] in ("RECEIVED", "STARTED", "SUCCESS")
+            ),
+            20,
+            what=f"both sources on {task_id}",
+        )
+        task = store.get_task(task_id)
+        keys = [(e["state"], e["retries"]) for e in task["timeline"]]
+        assert len(keys) == len(set(keys)), keys
+
+
+def test_publish_without_worker_is_pending(settings, store, redis_url):
+    """Signals and task-sent events both make a task visible before any worker has it."""
+    queue = f"nobody-{uuid.uuid4().hex[:8]}"
+    broker = "redis://127.0.0.1:6379/3"
+    receiver = Receiver(settings.replace(broker_url=broker, enable_events=False))
+    receiver.start()
+    app = Celery("producer", broker=broker)
+    app.conf.update(task_send_sent_event=True, task_default_queue=queue)
+    try:
+        event_only = app.send_task(T + "add", (1, 2))
+        task = final(store, event_only.id, {"PENDING"})
+        assert task["timeline"][0]["sources"] == ["event"]
+        monitor.signals.connect(app, redis_url=settings.redis_url, prefix=settings.prefix)
+        both = app.send_task(T + "add", (1, 2), kwargs={"token": "t0p"})
+        task = final(store, both.id, {"PENDING"})
+        assert task["queue"] == queue
+        assert json.loads(task["args_json"]) == [1, 2]
+        assert json.loads(task["kwargs_json"]) == {"token": "***"}
+        wait_for(
+            lambda: (
+                sorted(store.get_task(both.id)["timeline"][0]["sources"]) == ["event", "signal"]
+            ),
+            10,
+            what="both sources on PENDING",
+        )
+    finally:
+        monitor.signals.disconnect()
+        receiver.stop()
+        app.close()
+        # drop what we queued for nobody
+        import redis as redis_lib
+
+        redis_lib.Redis.from_url(broker).delete(queue)
