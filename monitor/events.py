@@ -22,7 +22,8 @@ from typing import Any
 
 import redis
 from celery import Celery
-from kombu import Connection, Consumer, Exchange, Queue
+from celery.events.event import get_exchange
+from kombu import Connection, Consumer, Queue
 
 from .config import Settings
 from .model import MalformedEvent, TaskEvent
@@ -109,9 +110,10 @@ class Receiver:
                 backoff = min(backoff * 2, RECONNECT_MAX)
 
     # -- consuming ---------------------------------------------------------------
-    def _queue(self) -> Queue:
+    def _queue(self, conn: Connection) -> Queue:
         conf = self.app.conf
-        exchange = Exchange(conf.event_exchange, type="topic")
+        # Celery's own choice of exchange type: topic, but fanout on Redis.
+        exchange = get_exchange(conn, name=conf.event_exchange)
         return Queue(
             f"{conf.event_queue_prefix}.monitor.{uuid.uuid4().hex}",
             exchange=exchange,
@@ -128,7 +130,7 @@ class Receiver:
             channel = conn.channel()
             consumer = Consumer(
                 channel,
-                queues=[self._queue()],
+                queues=[self._queue(conn)],
                 callbacks=[self._on_message],
                 on_decode_error=self._on_decode_error,
                 no_ack=True,
