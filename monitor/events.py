@@ -82,6 +82,8 @@ class Receiver:
         if self._thread is not None and self._thread is not threading.current_thread():
             self._thread.join(timeout)
         self.writer.close(timeout)
+        if self._meta_store is not None:
+            self._meta_store.close()
 
     def run(self) -> None:
         """Consume until :meth:`stop`, reconnecting to the broker with capped backoff."""

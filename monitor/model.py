@@ -126,6 +126,8 @@ class TaskEvent:
         if state not in KNOWN_STATES and not re.fullmatch(r"[A-Z0-9_]{1,64}", state):
             raise MalformedEvent(f"unusable custom event type: {etype!r}")
         fields = {k: v for k, v in event.items() if k not in _ENVELOPE and v is not None}
+        if state == states.FAILURE:
+            fields["exception"] = _unwrap_exception(fields.get("exception"), fields)
         if state not in KNOWN_STATES:
             # Custom state (task-progress ...): its payload is the metadata a
             # progress bar needs; keep it whole, as JSON.
@@ -149,6 +151,20 @@ class WorkerEvent:
     timestamp: float
     source: Source
     fields: Mapping[str, Any] = field(default_factory=dict)
+
+
+def _unwrap_exception(exception: Any, fields: Mapping[str, Any]) -> Any:
+    """Celery's task-failed for a hard time limit can say ``ExceptionWithTraceback()``
+    (billiard's wrapper); the traceback's last line names the real exception."""
+    if not (isinstance(exception, str) and exception.startswith("ExceptionWithTraceback(")):
+        return exception
+    traceback = fields.get("traceback")
+    if isinstance(traceback, str):
+        for line in reversed(traceback.strip().splitlines()):
+            line = line.strip().strip('"')
+            if ": " in line and not line.startswith(("File ", "Traceback")):
+                return line.split(": ", 1)[1]
+    return exception
 
 
 def _timestamp(value: Any) -> float:

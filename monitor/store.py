@@ -109,6 +109,9 @@ class Store:
     def from_settings(cls, settings: Settings) -> Store:
         return cls(redis_client(settings.redis_url), settings)
 
+    def close(self) -> None:
+        self.redis.close()
+
     # -- writes --------------------------------------------------------------
     def record(self, event: TaskEvent | WorkerEvent) -> dict[str, Any]:
         """The JSON-ready form of one record that ``apply_batch.lua`` reads."""

@@ -218,4 +218,6 @@ class BufferedWriter:
         thread = self._thread
         if thread is not None and thread is not threading.current_thread():
             thread.join(timeout=1.0)
+        if self._store is not None:
+            self._store.close()
         return flushed

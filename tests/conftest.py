@@ -48,3 +48,4 @@ def store(settings):
     store = Store(redis_client(settings.redis_url), settings)
     yield store
     store.delete_all()
+    store.close()

@@ -150,7 +150,8 @@ def test_replays_end_in_celerys_final_state(store: Store, kind, seed, batched):
         assert float(task["timestamp"]) == pytest.approx(expected.timestamp), where
         for field in ("result", "exception", "args", "kwargs"):
             assert task.get(field) == getattr(expected, field), f"{where}: {field}"
-        assert int(task["retries"]) == expected.retries, where
+        # attempts only go forward (Celery's State lets a late RECEIVED move it back)
+        assert int(task["retries"]) == max(e.get("retries", 0) for e in events), where
         # the state index agrees with the hash
         assert store.redis.zscore(store.keys.by_state(task["state"]), uuid) is not None
         # every distinct transition once in the timeline, whatever the order
@@ -260,7 +261,7 @@ def test_retries_of_one_task_are_distinct_transitions(store: Store):
         ("RETRY", 0),
         ("RECEIVED", 1),
         ("STARTED", 1),
-        ("SUCCESS", 1),
+        ("SUCCESS", None),
     ]
     assert sorted(timeline[3]["sources"]) == ["event", "signal"]
     assert sorted(timeline[4]["sources"]) == ["event", "signal"]

@@ -13,7 +13,8 @@
 -- KEYS[11] task names zset             "{p}:names"
 -- KEYS[12] timeline suffix             ":timeline"
 -- KEYS[13] children suffix             ":children"
--- timeline entry: {s=state, t=time, h=host, src="signal,event", r=retries, t2=second source's time}
+-- timeline entry: {s=state, t=time, h=host, src="signal,event", r=retries (when
+--                  the report named its attempt), t2=second source's time}
 -- ARGV[1]  JSON array of records, in arrival order:
 --            task:   {k="t", id, s=state, r=rank, t=ts, ts=ts text, src, h=host,
 --                     f={field=text}, keep=[fields kept when merged] or null,
@@ -123,8 +124,7 @@ end
 local function apply_task(rec)
   local t = load(rec.id)
   local explicit = rec.rt ~= nil and rec.rt ~= cjson.null
-  local retries = explicit and rec.rt or t.retries
-  local dup = find_duplicate(t, rec, retries, explicit)
+  local dup = find_duplicate(t, rec, rec.rt, explicit)
   local tl = t.timeline
   if dup == 'exact' then
     duplicates = duplicates + 1
@@ -143,7 +143,9 @@ local function apply_task(rec)
   else
     local e = {s = rec.s, t = rec.t, src = rec.src}
     if rec.h ~= '' then e.h = rec.h end
-    if retries ~= nil then e.r = retries end
+    -- Only a report that names its attempt gets one: guessing from the task's
+    -- current retries is wrong whenever the other source is ahead.
+    if explicit then e.r = rec.rt end
     tl[#tl + 1] = e
     t.tl_new[#t.tl_new + 1] = e
   end
@@ -159,6 +161,16 @@ local function apply_task(rec)
       if f[name] ~= nil then kept[name] = f[name] end
     end
     f = kept
+  end
+  if f.retries then
+    -- Attempts only go forward: a late report of an earlier attempt (or the
+    -- RETRY signal naming the attempt that failed) must not move it back.
+    local r = tonumber(f.retries)
+    if r and t.retries and r < t.retries then
+      local copy = {}
+      for k, v in pairs(f) do if k ~= 'retries' then copy[k] = v end end
+      f = copy
+    end
   end
   for k, v in pairs(f) do t.fields[k] = v end
   if rec.tf ~= cjson.null and rec.tf ~= nil then t.fields[rec.tf] = rec.ts end
