@@ -39,6 +39,18 @@ def broker_url(request, redis_url):
     return request.getfixturevalue("amqp_url")
 
 
+def wait_receiver_listening(app: Celery, store) -> None:
+    """Publish probe events until one is stored: the receiver's binding is live."""
+    host = f"probe-{uuid.uuid4().hex[:8]}"
+
+    def probe():
+        with app.events.default_dispatcher(hostname=host) as dispatcher:
+            dispatcher.send("worker-heartbeat", freq=60.0)
+        return store.worker(host)
+
+    wait_for(probe, 30, 0.3, what="the receiver to store a probe event")
+
+
 @contextmanager
 def running_cluster(mode, broker_url, settings, store):
     """Producer app, receiver and worker wired for one mode."""
@@ -56,7 +68,7 @@ def running_cluster(mode, broker_url, settings, store):
     receiver = Receiver(settings) if receiver_on else None
     if receiver is not None:
         receiver.start()
-        assert receiver.connected.wait(20), "receiver did not connect"
+        wait_receiver_listening(producer, store)
     worker = WorkerProcess(
         broker=broker_url, queue=queue, prefix=settings.prefix, hooks=hooks, events=events
     )
@@ -76,6 +88,8 @@ def running_cluster(mode, broker_url, settings, store):
             receiver.stop()
         if hooks:
             monitor.signals.disconnect()
+        # Celery's app.close() leaves the result backend's pubsub socket open
+        producer.backend.result_consumer.stop()
         producer.close()
 
 
@@ -218,9 +232,9 @@ def test_publish_without_worker_is_pending(settings, store, redis_url):
     broker = "redis://127.0.0.1:6379/3"
     receiver = Receiver(settings.replace(broker_url=broker, enable_events=False))
     receiver.start()
-    assert receiver.connected.wait(20), "receiver did not connect"
     app = Celery("producer", broker=broker)
     app.conf.update(task_send_sent_event=True, task_default_queue=queue)
+    wait_receiver_listening(app, store)
     try:
         event_only = app.send_task(T + "add", (1, 2))
         task = final(store, event_only.id, {"PENDING"})
