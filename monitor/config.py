@@ -167,7 +167,8 @@ class Settings:
             spec = _FIELDS.get(key)
             if spec is None:
                 raise ConfigError(f"unknown setting {key!r}")
-            values[key] = _parse(spec, value, key) if isinstance(value, str) else value
+            name = f"{key} ({ENV_PREFIX}{key.upper()})"
+            values[key] = _parse(spec, value, name) if isinstance(value, str) else value
         return cls(**values)
 
     def replace(self, **changes: Any) -> Settings:
