@@ -1,0 +1,97 @@
+"""BufferedWriter against a private redis-server that the tests kill and restart."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import pytest
+
+from monitor.config import Settings
+from monitor.model import TaskEvent
+from monitor.store import Store, redis_client
+from monitor.writer import BufferedWriter
+
+from .helpers import RedisServer, require_service, wait_for
+
+
+@pytest.fixture
+def private_redis():
+    require_service("127.0.0.1", 6379, "Redis")  # redis-server binary present in CI
+    server = RedisServer().start()
+    yield server
+    server.stop()
+
+
+def make_writer(server, **options):
+    settings = Settings(redis_url=server.url, prefix="w")
+    store = Store(
+        redis_client(server.url, socket_timeout=0.5, socket_connect_timeout=0.5), settings
+    )
+    options.setdefault("flush_interval", 0.02)
+    return store, BufferedWriter(lambda: store, **options)
+
+
+def event(i):
+    return TaskEvent(f"t{i}", "SUCCESS", time.time(), "signal", "w", {"name": "n"})
+
+
+def test_records_are_written_in_batches(private_redis):
+    store, writer = make_writer(private_redis, batch_size=100)
+    for i in range(1000):
+        writer.put(event(i))
+    wait_for(lambda: store.redis.zcard(store.keys.tasks) == 1000, what="all stored")
+    assert writer.written == 1000 and writer.dropped == 0
+    writer.close()
+
+
+def test_redis_down_drops_oldest_counts_and_resumes(private_redis):
+    store, writer = make_writer(private_redis, capacity=50, batch_size=10)
+    writer.put(event(-1))
+    wait_for(lambda: store.redis.zcard(store.keys.tasks) == 1, what="first record")
+    private_redis.kill()
+    started = time.monotonic()
+    for i in range(200):
+        writer.put(event(i))  # must neither raise nor wait for Redis
+    put_seconds = time.monotonic() - started
+    wait_for(lambda: not writer.redis_ok, what="writer notices Redis is down")
+    assert writer.dropped >= 150  # capacity 50: at most 50 (+ one batch in flight) kept
+    assert writer.pending() <= 50
+    # put() is an append: 200 of them take far less than one Redis timeout (0.5 s)
+    assert put_seconds < 0.5
+    private_redis.start()  # same port
+    wait_for(lambda: writer.redis_ok and writer.pending() == 0, 30, what="writer resumed")
+    ids = set(store.redis.zrange(store.keys.tasks, 0, -1))
+    assert "t199" in ids and "t0" not in ids  # the newest kept, the oldest dropped
+    wait_for(lambda: store.meta().get("dropped:signal") == writer.dropped, what="drops reported")
+    writer.close()
+
+
+def test_blocking_mode_waits_instead_of_dropping(private_redis):
+    store, writer = make_writer(private_redis, capacity=20, batch_size=5, block_when_full=True)
+    private_redis.kill()
+    done = threading.Event()
+
+    def produce():
+        for i in range(100):
+            writer.put(event(i))
+        done.set()
+
+    thread = threading.Thread(target=produce, daemon=True)
+    thread.start()
+    wait_for(lambda: writer.pending() >= 15, what="buffer fills")
+    assert not done.is_set()  # the producer is held back, nothing dropped
+    assert writer.dropped == 0
+    private_redis.start()
+    wait_for(done.is_set, 30, what="producer released")
+    wait_for(lambda: store.redis.zcard(store.keys.tasks) == 100, 30, what="all 100 stored")
+    assert writer.dropped == 0
+    writer.close()
+
+
+def test_close_flushes_everything(private_redis):
+    store, writer = make_writer(private_redis, flush_interval=10.0, batch_size=10_000)
+    for i in range(300):
+        writer.put(event(i))
+    assert writer.close(timeout=5)
+    assert store.redis.zcard(store.keys.tasks) == 300
