@@ -80,6 +80,16 @@ class Keys:
         """hash: monitor's own counters (dropped records, malformed events ...)."""
         return f"{self.prefix}:meta"
 
+    @property
+    def web_rooms(self) -> str:
+        """zset: live Socket.IO room name -> expiry (rooms shared by serve processes)."""
+        return f"{self.prefix}:web:rooms"
+
+    @property
+    def web_leader(self) -> str:
+        """string: token of the serve process that tails the change feed for all."""
+        return f"{self.prefix}:web:leader"
+
     def pattern(self) -> str:
         """Glob matching every key of this prefix (tests, `monitor purge`)."""
         return f"{self.prefix}:*"

@@ -1,0 +1,101 @@
+"""``monitor serve``: the dashboard on gevent's WSGI server, with the event receiver embedded.
+
+Async mode: **gevent**. ``run_server`` monkey-patches the standard library, then
+Flask-SocketIO serves the app on ``gevent.pywsgi.WSGIServer`` with WebSocket
+through simple-websocket (and HTTP long-polling). Why gevent rather than
+threading: Flask-SocketIO's threading mode has no production server installed
+here that exposes WebSocket (only Werkzeug's development server, or gunicorn
+threads); gevent is a dependency, handles thousands of idle long-poll and
+WebSocket connections as greenlets, and its patched sockets let the embedded
+receiver (kombu, redis-py) and the live tailer (XREAD BLOCK) run as
+cooperative green threads in the same process.
+
+Production, behind a reverse proxy (one worker per process: Socket.IO needs
+sticky sessions; scale with several processes sharing the message queue)::
+
+    gunicorn -k gevent -w 1 -b 127.0.0.1:5555 'monitor.web.server:gunicorn_app()'
+
+``gunicorn_app`` builds the app from MONITOR_* variables and starts the event
+receiver unless ``MONITOR_SERVE_EVENTS=0`` (the gevent worker has patched
+the standard library before importing it).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import warnings
+from typing import Any
+
+logger = logging.getLogger(__name__)
+
+
+def _patch() -> None:
+    from gevent import monkey
+
+    if not monkey.is_module_patched("socket"):
+        # Late patching (after click, celery, redis imported) is safe here:
+        # no thread or socket exists yet, only modules. gevent warns that ssl
+        # was imported (by urllib3/redis at import time); the modules it names
+        # hold references to ssl classes, not to sockets, so the warning is moot.
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", monkey.MonkeyPatchWarning)
+            monkey.patch_all()
+
+
+def _events_status(receiver: Any) -> str:
+    if receiver is None:
+        return "off"
+    return "on" if receiver.connected.is_set() else "reconnecting"
+
+
+def build(settings: Any, events: bool = True, app: Any = None) -> tuple[Any, Any]:
+    """The Flask app and the started receiver (or None)."""
+    from . import create_app
+
+    flask_app = create_app(settings)
+    receiver = None
+    if events:
+        from ..events import Receiver
+
+        receiver = Receiver(settings, app).start()
+    hub = flask_app.extensions["monitor"].hub
+    hub.events_status = lambda: _events_status(receiver)
+    hub.ensure_started()
+    return flask_app, receiver
+
+
+def run_server(settings: Any, events: bool = True, app: Any = None) -> None:
+    """Serve until KeyboardInterrupt (Ctrl-C, or SIGTERM through the CLI)."""
+    _patch()
+    from . import socketio
+
+    flask_app, receiver = build(settings, events, app)
+    hub = flask_app.extensions["monitor"].hub
+    prefix = settings.url_prefix or ""
+    logger.info(
+        "celery monitor on http://%s:%d%s/ (redis %s, prefix %r, events %s)",
+        settings.host,
+        settings.port,
+        prefix,
+        settings.redis_url,
+        settings.prefix,
+        "on" if events else "off",
+    )
+    try:
+        socketio.run(flask_app, host=settings.host, port=settings.port, log_output=False)
+    finally:
+        hub.stop()
+        if receiver is not None:
+            receiver.stop()
+        logger.info("celery monitor stopped")
+
+
+def gunicorn_app() -> Any:
+    """WSGI app for ``gunicorn -k gevent -w 1 'monitor.web.server:gunicorn_app()'``."""
+    from ..config import Settings
+
+    settings = Settings.from_env()
+    events = os.environ.get("MONITOR_SERVE_EVENTS", "1").lower() not in ("0", "false", "no", "off")
+    flask_app, _receiver = build(settings, events)
+    return flask_app
