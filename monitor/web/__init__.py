@@ -113,10 +113,12 @@ def init_app(
         options["message_queue"] = message_queue
         # One channel per key prefix: two monitors on one Redis never mix rooms.
         options["channel"] = f"{settings.prefix}-socketio"
-    socketio.init_app(flask_app, **options)
     if not _handlers_registered:
+        # Before the first init_app: Flask-SocketIO then keeps the handlers
+        # and installs them on the server of every app initialised later.
         register_handlers(socketio)
         _handlers_registered = True
+    socketio.init_app(flask_app, **options)
     hub = Hub(socketio, settings, shared=bool(message_queue))
     flask_app.extensions["monitor"] = MonitorExtension(
         settings=settings, store=Store.from_settings(settings), hub=hub, url_prefix=prefix
