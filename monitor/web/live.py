@@ -50,7 +50,6 @@ REFRESH_EVERY = 5.0
 #: Changed rows sent per tasks room per push: a burst only needs the newest.
 MAX_ROWS = 500
 ROOM_TTL = 15.0
-REGISTRY_EVERY = 2.0
 LEADER_TTL_MS = 5000
 XREAD_COUNT = 5000
 
@@ -134,6 +133,11 @@ class Hub:
             if room not in rooms:
                 rooms.add(room)
                 self._rooms[room] = self._rooms.get(room, 0) + 1
+
+    def register(self, room: str) -> None:
+        """Shared mode: make the room known to the leader before acking the subscribe."""
+        if self.shared:
+            self.store.redis.zadd(self.store.keys.web_rooms, {room: time.time() + ROOM_TTL})
 
     def leave(self, sid: str, room: str) -> None:
         with self._lock:
@@ -241,17 +245,10 @@ class Hub:
         workers: set[str] = set()
         next_push = time.monotonic() + interval
         last_refresh = 0.0
-        next_registry = 0.0
-        rooms: list[str] = []
         leader = not self.shared
         key = self.store.keys.changes
         while not self._stop.is_set():
             now = time.monotonic()
-            if self.shared and now >= next_registry:
-                leader, rooms = self._registry(client)
-                next_registry = now + REGISTRY_EVERY / 2
-            elif not self.shared:
-                rooms = self.local_rooms()
             block = max(1, int((next_push - now) * 1000))
             response = client.xread({key: last_id}, count=XREAD_COUNT, block=min(block, 1000))
             for _stream, entries in response or ():
@@ -268,6 +265,12 @@ class Hub:
             if now < next_push:
                 continue
             refresh = now - last_refresh >= REFRESH_EVERY
+            # Rooms are read at every push: a room subscribed just before a
+            # change must get it (subscribe registers the room before its ack).
+            if self.shared:
+                leader, rooms = self._registry(client)
+            else:
+                rooms = self.local_rooms()
             if leader and rooms and (tasks or workers or refresh):
                 self._push(rooms, tasks, workers, refresh)
             if refresh:
@@ -342,9 +345,11 @@ class Hub:
                 host = room[7:]
                 ids = wanted.get(room) or []
                 if ids or host in workers:
+                    # The worker hash may not exist yet (signals only, no
+                    # heartbeat seen): its task rows are still worth sending.
                     info = store.worker(host)
-                    if info is not None:
-                        rows_ = [rows[i] for i in ids if i in rows]
+                    rows_ = [rows[i] for i in ids if i in rows]
+                    if info is not None or rows_:
                         self._emit("worker", {"worker": info, "rows": rows_}, room)
         self.pushes += 1
 
@@ -376,6 +381,10 @@ def register_handlers(socketio: Any) -> None:
             return {"ok": False, "error": str(exc)}
         join_room(room)
         h.join(request.sid, room)
+        try:
+            h.register(room)
+        except redis.RedisError as exc:
+            logger.warning("live updates: cannot register room %s: %s", room, exc)
         try:
             first = h.initial(room)
         except redis.RedisError:
