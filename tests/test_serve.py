@@ -1,0 +1,99 @@
+"""``monitor serve`` as a real process: answers HTTP, survives its Redis going away."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+
+import requests
+import socketio
+
+from monitor.config import Settings
+from monitor.model import TaskEvent
+from monitor.store import Store, redis_client
+
+from .helpers import ROOT, RedisServer, free_port, stop_process, wait_for
+
+
+def _serve(redis_url: str, prefix: str, port: int) -> subprocess.Popen:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MONITOR_")}
+    return subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "monitor",
+            "serve",
+            "--port",
+            str(port),
+            "--no-events",
+            "--redis",
+            redis_url,
+            "--prefix",
+            prefix,
+        ],
+        cwd=ROOT,
+        env=env,
+        start_new_session=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def _get(port: int, path: str):
+    try:
+        return requests.get(f"http://127.0.0.1:{port}{path}", timeout=3)
+    except requests.RequestException:
+        return None
+
+
+def test_serve_answers_workers_and_stops_cleanly(settings, store):
+    port = free_port()
+    proc = _serve(settings.redis_url, settings.prefix, port)
+    try:
+        response = wait_for(lambda: _get(port, "/api/v1/workers"), 30, 0.1, "serve")
+        assert response.status_code == 200 and response.json() == {"workers": []}
+        assert _get(port, "/api/openapi.json").json()["openapi"].startswith("3.")
+    finally:
+        stop_process(proc)
+    assert proc.returncode == 0, proc.stderr.read()
+
+
+def test_serve_survives_redis_restart_and_reports_status(redis_url):
+    server = RedisServer().start()
+    port = free_port()
+    prefix = "serve-outage"
+    proc = _serve(server.url, prefix, port)
+    client = socketio.Client(reconnection=True, reconnection_delay=0.2)
+    statuses: list[dict] = []
+    tasks: list[dict] = []
+    client.on("status", statuses.append)
+    client.on("task", tasks.append)
+    try:
+        wait_for(lambda: _get(port, "/api/v1/workers"), 30, 0.1, "serve")
+        client.connect(f"http://127.0.0.1:{port}", transports=["polling"], wait_timeout=10)
+        wait_for(lambda: statuses and statuses[-1]["redis"] is True, 15, what="redis up")
+
+        server.kill()
+        wait_for(lambda: statuses[-1]["redis"] is False, 30, what="status redis false")
+        down = _get(port, "/api/v1/workers")
+        assert down is not None and down.status_code == 503 and "error" in down.json()
+        assert proc.poll() is None
+
+        server = RedisServer(server.port).start()
+        wait_for(lambda: statuses[-1]["redis"] is True, 40, what="status redis true again")
+        ok = wait_for(lambda: (r := _get(port, "/api/v1/workers")) is not None and r.ok, 20)
+        assert ok
+        # Live updates flow again after the restart.
+        assert client.call("subscribe", {"room": "task", "id": "after"}, timeout=10)["ok"]
+        settings = Settings(redis_url=server.url, prefix=prefix)
+        store = Store(redis_client(server.url), settings)
+        store.apply([TaskEvent("after", "SUCCESS", time.time(), "signal", "w", {"name": "x"})])
+        wait_for(lambda: any(m["task"]["id"] == "after" for m in tasks), 20, what="a delta")
+        store.close()
+    finally:
+        client.disconnect()
+        stop_process(proc)
+        server.stop()
