@@ -43,6 +43,27 @@ def _patch() -> None:
             monkey.patch_all()
 
 
+def _wsgi_server(flask_app: Any, host: str, port: int) -> Any:
+    """gevent's WSGI server with TCP_NODELAY on every connection.
+
+    Without it, a keep-alive client (requests.Session, browsers) waits for the
+    tail of a response on Nagle + delayed ACK: +40 ms per API call.
+    """
+    import socket
+
+    from gevent import pywsgi
+
+    class Server(pywsgi.WSGIServer):
+        def handle(self, sock: Any, address: Any) -> None:
+            try:
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            except OSError:  # a unix socket or an already closed one
+                pass
+            super().handle(sock, address)
+
+    return Server((host, port), flask_app, log=None)
+
+
 def _events_status(receiver: Any) -> str:
     if receiver is None:
         return "off"
@@ -82,9 +103,12 @@ def run_server(settings: Any, events: bool = True, app: Any = None) -> None:
         settings.prefix,
         "on" if events else "off",
     )
+    server = _wsgi_server(flask_app, settings.host, settings.port)
+    socketio.wsgi_server = server
     try:
-        socketio.run(flask_app, host=settings.host, port=settings.port, log_output=False)
+        server.serve_forever()
     finally:
+        server.stop(timeout=2)
         hub.stop()
         if receiver is not None:
             receiver.stop()
