@@ -31,6 +31,8 @@ logger = logging.getLogger(__name__)
 
 #: Upper bounds (seconds) of the runtime histogram buckets; +Inf is implicit.
 RUNTIME_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0)
+#: state -> fields Celery keeps from a late event of that state (as a list, for JSON).
+_MERGE_KEEP = {state: list(keep) for state, keep in model.MERGE_RULES.items()}
 #: Fields holding the real, JSON-encoded arguments (signals path).
 JSON_FIELDS = frozenset({"args_json", "kwargs_json"})
 #: Two reports of one transition by different sources closer than this are one.
@@ -126,9 +128,14 @@ class Store:
                 "f": {k: model.as_text(v) for k, v in event.fields.items() if v is not None},
             }
         cap = self.settings.max_field_bytes
+        short = cap // 4  # a str this long cannot exceed cap bytes in UTF-8
         fields: dict[str, str] = {}
         for key, value in event.fields.items():
             if value is None:
+                continue
+            # Hot path (10k+ events/s): short strings need no conversion or cap.
+            if type(value) is str and len(value) <= short and key != "kwargs":
+                fields[key] = value
                 continue
             if key in ("kwargs", "kwargs_json") and isinstance(value, dict):
                 value = model.redact_mapping(value, self.settings.redact)
@@ -154,23 +161,24 @@ class Store:
             fields["kwargs"] = model.redact_repr(fields["kwargs"], self.settings.redact)
         state = event.state
         retries = event.fields.get("retries")
-        try:
-            retries = int(retries) if retries is not None else None
-        except (TypeError, ValueError):
-            retries = None
-        subject = model.STATE_TO_SUBJECT.get(state)
+        if retries is not None and type(retries) is not int:
+            try:
+                retries = int(retries)
+            except (TypeError, ValueError):
+                retries = None
+        rank = self._ranks.get(state)
         return {
             "k": "t",
             "id": event.task_id,
             "s": state,
-            "r": model.rank(state),
+            "r": model.CUSTOM_RANK if rank is None else rank,
             "t": event.timestamp,
             "ts": repr(event.timestamp),
             "src": event.source,
             "h": event.hostname or "",
             "f": fields,
-            "keep": list(model.MERGE_RULES.get(state, ())) or None,
-            "tf": subject,
+            "keep": _MERGE_KEEP.get(state),
+            "tf": model.STATE_TO_SUBJECT.get(state),
             "rt": retries,
         }
 
