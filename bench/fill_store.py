@@ -55,7 +55,7 @@ def task_records(n: int, start: float, span: float, seed: int = 7) -> Iterator[T
             "name": name,
             "worker": worker,
             "args": f"({i}, 'user-{rng.randint(1, 99999)}@example.com')",
-            "kwargs": "{'priority': %d}" % rng.randint(0, 9),
+            "kwargs": f"{{'priority': {rng.randint(0, 9)}}}",
             "received": t - runtime - 0.01,
             "started": t - runtime,
             "retries": 0,

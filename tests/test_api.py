@@ -1,4 +1,4 @@
-"""REST API, Flower-compatible API, OpenAPI and metrics through Flask's test client on real Redis."""
+"""REST, Flower-compatible API, OpenAPI and metrics via Flask's test client on real Redis."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Flower-compatible read API: ``/api/tasks``, ``/api/task/info/<id>``, ``/api/workers``, ``/api/task/types``.
+"""Flower-compatible read API: /api/tasks, /api/task/info/<id>, /api/workers, /api/task/types.
 
 Same parameters and response shapes as Flower 2.x so that scripts written
 against Flower keep working: tasks are a JSON object id -> task (newest first),

@@ -233,7 +233,7 @@ def spec(prefix: str = "") -> dict[str, Any]:
         "info": {
             "title": "celery monitor API",
             "version": __version__,
-            "description": "Task lifecycle recorded by celery monitor. Values are strings as stored.",
+            "description": "Task lifecycles recorded by celery monitor; values are stored strings.",
         },
         "servers": [{"url": prefix or "/"}],
         "paths": paths,
