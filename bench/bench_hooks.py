@@ -1,0 +1,78 @@
+"""Hook overhead: a prefork worker running N no-op tasks with and without the
+monitor's signal hooks, measured side by side in one run (alternating rounds).
+
+Tasks are queued first, then a worker is started and timed from its first to
+its last task (task_prerun/postrun timestamps in the result backend would add
+work of their own, so the test counts completions in the queue instead).
+
+    python -m bench.bench_hooks [--tasks 10000] [--rounds 2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+import uuid
+
+import redis
+from celery import Celery
+
+from tests.helpers import WorkerProcess, wait_for
+
+BROKER_DB = 8
+T = "tests.workerapp."
+
+
+def run_once(tasks: int, hooks: bool) -> float:
+    broker = f"redis://127.0.0.1:6379/{BROKER_DB}"
+    queue = f"bench-hooks-{uuid.uuid4().hex[:6]}"
+    prefix = f"bench-hooks-{uuid.uuid4().hex[:6]}"
+    client = redis.Redis.from_url(broker)
+    app = Celery("bench", broker=broker)
+    app.conf.task_default_queue = queue
+    with app.producer_or_acquire() as producer:
+        for _ in range(tasks):
+            app.send_task(T + "noop", producer=producer)
+    app.close()
+    assert client.llen(queue) == tasks
+    worker = WorkerProcess(broker=broker, queue=queue, prefix=prefix, hooks=hooks, concurrency=2)
+    worker.start()
+    start = time.perf_counter()  # from "ready": start-up is not per-task cost
+    # done when the queue is empty and nothing is reserved: all acked (acks early)
+    wait_for(
+        lambda: client.llen(queue) == 0 and not client.hlen("unacked"),
+        900,
+        0.05,
+        what="queue drained",
+    )
+    elapsed = time.perf_counter() - start
+    worker.stop()
+    if hooks:
+        store = redis.Redis.from_url("redis://127.0.0.1:6379/0")
+        stored = store.zcard(f"{prefix}:tasks:state:SUCCESS")
+        for key in store.scan_iter(f"{prefix}:*", count=1000):
+            store.unlink(key)
+        print(f"    (hooks stored {stored:,} of {tasks:,} tasks as SUCCESS)")
+    client.delete(queue)
+    return tasks / elapsed
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--tasks", type=int, default=10_000)
+    parser.add_argument("--rounds", type=int, default=2)
+    opts = parser.parse_args()
+    without, with_ = [], []
+    for r in range(opts.rounds):
+        without.append(run_once(opts.tasks, hooks=False))
+        with_.append(run_once(opts.tasks, hooks=True))
+        print(f"round {r + 1}: without {without[-1]:,.0f} tasks/s, with {with_[-1]:,.0f} tasks/s")
+    a, b = max(without), max(with_)
+    print(
+        f"best of {opts.rounds}: without hooks {a:,.0f} tasks/s, with hooks {b:,.0f} tasks/s,"
+        f" ratio {b / a:.1%} (target >= 95%)"
+    )
+
+
+if __name__ == "__main__":
+    main()
