@@ -149,7 +149,7 @@ class Settings:
         "user:password required for control actions (revoke, retry, ...); unset disables them",
     )
     push_interval: float = _setting(
-        0.25, _positive(float), "seconds between coalesced pushes to a browser room"
+        0.2, _positive(float), "seconds between coalesced pushes to a task room (summaries: 1 s)"
     )
 
     @classmethod

@@ -52,6 +52,8 @@ MAX_ROWS = 500
 ROOM_TTL = 15.0
 LEADER_TTL_MS = 5000
 XREAD_COUNT = 5000
+#: Seconds between two pushes to a summary room (overview, workers).
+SUMMARY_INTERVAL = 1.0
 
 
 class RoomError(ValueError):
@@ -245,6 +247,11 @@ class Hub:
         workers: set[str] = set()
         next_push = time.monotonic() + interval
         last_refresh = 0.0
+        # Summary rooms (overview, workers) change with every event but need no
+        # more than one message a second; task rooms get push_interval. A tab
+        # thus gets at most 1/push_interval + 2 messages a second.
+        last_summary = 0.0
+        summary_tasks = summary_workers = False
         leader = not self.shared
         key = self.store.keys.changes
         while not self._stop.is_set():
@@ -271,8 +278,16 @@ class Hub:
                 leader, rooms = self._registry(client)
             else:
                 rooms = self.local_rooms()
-            if leader and rooms and (tasks or workers or refresh):
-                self._push(rooms, tasks, workers, refresh)
+            summary_tasks = summary_tasks or bool(tasks)
+            summary_workers = summary_workers or bool(workers)
+            summary_due = now - last_summary >= SUMMARY_INTERVAL
+            overview = refresh or (summary_due and (summary_tasks or summary_workers))
+            workers_list = refresh or (summary_due and summary_workers)
+            if leader and rooms and (tasks or workers or overview or workers_list):
+                self._push(rooms, tasks, workers, refresh, overview, workers_list)
+            if summary_due:
+                last_summary = now
+                summary_tasks = summary_workers = False
             if refresh:
                 last_refresh = now
             tasks, workers = {}, set()
@@ -306,6 +321,8 @@ class Hub:
         tasks: dict[str, dict[str, str]],
         workers: set[str],
         refresh: bool,
+        overview: bool = True,
+        workers_list: bool = True,
     ) -> None:
         store = self.store
         wanted: dict[str, list[str]] = {}
@@ -324,13 +341,12 @@ class Hub:
                 wanted[room] = ids
                 row_ids.update(ids)
         rows = {r["id"]: r for r in store.get_tasks(list(row_ids))} if row_ids else {}
-        changed = bool(tasks or workers)
         for room in rooms:
             if room == "overview":
-                if changed or refresh:
+                if overview:
                     self._emit("overview", api.stats(store), room)
             elif room == "workers":
-                if workers or refresh:
+                if workers_list:
                     self._emit("workers", {"workers": store.workers()}, room)
             elif room.startswith("tasks:"):
                 ids = wanted.get(room)
