@@ -86,6 +86,24 @@ def build(settings: Any, events: bool = True, app: Any = None) -> tuple[Any, Any
     return flask_app, receiver
 
 
+def _stop_on_signals(server: Any) -> None:
+    """SIGTERM/SIGINT stop the server through gevent's own signal watchers.
+
+    A Python-level handler raising KeyboardInterrupt is not enough under
+    gevent: when the signal lands while the hub runs, the exception is raised
+    in the hub and the server keeps serving (seen in tests about one time in two).
+    """
+    import signal
+
+    import gevent
+
+    def stop() -> None:
+        gevent.spawn(server.stop, 2)
+
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        gevent.signal_handler(signum, stop)
+
+
 def run_server(settings: Any, events: bool = True, app: Any = None) -> None:
     """Serve until KeyboardInterrupt (Ctrl-C, or SIGTERM through the CLI)."""
     _patch()
@@ -105,6 +123,7 @@ def run_server(settings: Any, events: bool = True, app: Any = None) -> None:
     )
     server = _wsgi_server(flask_app, settings.host, settings.port)
     socketio.wsgi_server = server
+    _stop_on_signals(server)
     try:
         server.serve_forever()
     finally:
