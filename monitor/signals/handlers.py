@@ -213,7 +213,10 @@ def task_failure(
 ) -> None:
     # Also fired in the parent for a hard time limit (the child is gone).
     hostname = getattr(getattr(sender, "request", None), "hostname", None)
-    hostname = hostname or _rec().worker_hostname
+    _record_failure(task_id, hostname or _rec().worker_hostname, exception, einfo)
+
+
+def _record_failure(task_id: str | None, hostname: str | None, exception: Any, einfo: Any) -> None:
     _rec().task(
         task_id,
         states.FAILURE,
@@ -272,15 +275,7 @@ def task_internal_error(
     request: Any = None,
     **kwargs: Any,
 ) -> None:
-    hostname = getattr(request, "hostname", None)
-    _rec().task(
-        task_id,
-        states.FAILURE,
-        hostname,
-        exception=_repr(exception),
-        traceback=getattr(einfo, "traceback", None),
-        worker=hostname,
-    )
+    _record_failure(task_id, getattr(request, "hostname", None), exception, einfo)
 
 
 def record_update_state(task: Any, task_id: str | None, state: str | None, meta: Any) -> None:

@@ -8,6 +8,7 @@ from typing import Any
 from flask import Blueprint, current_app, jsonify
 
 from .. import __version__
+from ..store import LIST_FIELDS
 from .queries import MAX_LIMIT, SORT_FIELDS
 
 logger = logging.getLogger(__name__)
@@ -197,37 +198,7 @@ def spec(prefix: str = "") -> dict[str, Any]:
             }
         },
     }
-    row_props = {
-        name: {"type": "string"}
-        for name in (
-            "id",
-            "state",
-            "name",
-            "worker",
-            "timestamp",
-            "sent",
-            "received",
-            "started",
-            "succeeded",
-            "failed",
-            "retried",
-            "revoked",
-            "runtime",
-            "retries",
-            "args",
-            "kwargs",
-            "args_json",
-            "kwargs_json",
-            "result",
-            "exception",
-            "parent_id",
-            "root_id",
-            "queue",
-            "eta",
-            "expires",
-            "progress",
-        )
-    }
+    row_props = {name: {"type": "string"} for name in ("id", *LIST_FIELDS)}
     return {
         "openapi": "3.1.0",
         "info": {
