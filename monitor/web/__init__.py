@@ -58,7 +58,7 @@ def _normalise_prefix(url_prefix: str | None) -> str:
 def create_app(settings: Settings | None = None, message_queue: Any = False) -> Flask:
     """The standalone dashboard. ``message_queue=False`` means: settings' queue or redis_url."""
     settings = settings or Settings.from_env()
-    app = Flask(__name__)
+    app = Flask(__name__, static_folder=None)  # the blueprint serves /static
     app.config["JSON_SORT_KEYS"] = False
     app.json.sort_keys = False
     if message_queue is False:
