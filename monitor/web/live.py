@@ -50,6 +50,10 @@ REFRESH_EVERY = 5.0
 #: Changed rows sent per tasks room per push: a burst only needs the newest.
 MAX_ROWS = 500
 ROOM_TTL = 15.0
+#: KEYS[1] = leader key, ARGV[1] = our token; deletes the key only if we hold it.
+_RELEASE_LEADER = (
+    "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end return 0"
+)
 LEADER_TTL_MS = 5000
 XREAD_COUNT = 5000
 #: Seconds between two pushes to a summary room (overview, workers).
@@ -191,6 +195,16 @@ class Hub:
 
     def stop(self) -> None:
         self._stop.set()
+        self._release_leader()
+
+    def _release_leader(self) -> None:
+        # Hand leadership over at once: a restarted process (or another one)
+        # must not wait LEADER_TTL_MS while changes go unpushed.
+        if self.shared:
+            try:
+                self.store.redis.eval(_RELEASE_LEADER, 1, self.store.keys.web_leader, self._token)
+            except redis.RedisError:
+                pass
 
     def _emit(self, event: str, data: Any, room: str | None = None) -> None:
         self.socketio.emit(event, data, to=room, namespace="/")
@@ -240,6 +254,7 @@ class Hub:
                     client = None
         with self._lock:
             self._started = False
+        self._release_leader()
 
     def _tail(self, client: redis.Redis, last_id: str) -> str:
         interval = self.settings.push_interval
@@ -305,7 +320,8 @@ class Hub:
         if local:
             pipe.zadd(keys.web_rooms, {room: now + ROOM_TTL for room in local})
         pipe.zremrangebyscore(keys.web_rooms, "-inf", now)
-        pipe.set(keys.web_leader, self._token, nx=True, px=LEADER_TTL_MS)
+        if not self._stop.is_set():  # a stopping process must not take the lead back
+            pipe.set(keys.web_leader, self._token, nx=True, px=LEADER_TTL_MS)
         pipe.get(keys.web_leader)
         pipe.zrange(keys.web_rooms, 0, -1)
         results = pipe.execute()

@@ -476,13 +476,13 @@
             workerLink(task.worker) : null], ["Queue wait", wait], ["Runtime", task.runtime ?
             fmtDuration(task.runtime) : null], ["Retries", task.retries]].concat(links))),
           section("Details", kv(other))),
+        section("Timeline", timeline),
         pre("Arguments", pretty(task.args_json !== undefined ? task.args_json : task.args)),
         pre("Keyword arguments", pretty(task.kwargs_json !== undefined ? task.kwargs_json :
           task.kwargs)),
         pre("Result", pretty(task.result)),
         pre("Exception", task.exception, "bad"),
         pre("Traceback", task.traceback, "bad"),
-        section("Timeline", timeline),
         children.length ? section("Children", h("ul", {class: "links"}, children)) : null,
         group.length ? section("Same group", h("ul", {class: "links"}, group)) : null]);
     }
