@@ -196,14 +196,19 @@ def serve(app_spec: str | None, with_events: bool, **options: Any) -> None:
 )
 @click.option("--port", type=int, envvar="MONITOR_PORT", help="Dashboard port.")
 @click.option("--rate", type=float, default=2.0, show_default=True, help="Tasks sent per second.")
-def demo(redis_url: str | None, port: int | None, rate: float) -> None:
+@click.option(
+    "--embedded-redis",
+    is_flag=True,
+    help="Start a private Redis even if one answers on 127.0.0.1:6379.",
+)
+def demo(redis_url: str | None, port: int | None, rate: float, embedded_redis: bool) -> None:
     """Embedded Redis if needed, a real worker, traffic and the dashboard."""
     from .demo import run_demo
 
     settings = settings_from(redis_url=redis_url, port=port, prefix="monitor-demo")
     _stop_on_sigterm()
     try:
-        run_demo(settings, redis_given=redis_url is not None, rate=rate)
+        run_demo(settings, redis_given=redis_url is not None, rate=rate, embedded=embedded_redis)
     except RuntimeError as exc:
         raise click.ClickException(str(exc)) from None
 

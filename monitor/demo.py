@@ -8,6 +8,7 @@ package is installed). Everything it starts is stopped on Ctrl-C, by PID.
 
 from __future__ import annotations
 
+import gc
 import logging
 import os
 import random
@@ -67,6 +68,9 @@ def embedded_redis() -> Iterator[str]:
             ],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
+            # Ctrl-C goes to the whole terminal group: Redis must outlive the
+            # worker's goodbye, so it leaves the group and is stopped last.
+            start_new_session=True,
         )
         url = f"redis://127.0.0.1:{port}/0"
         try:
@@ -139,7 +143,9 @@ def demo_worker(redis_url: str, settings: Settings) -> Iterator[subprocess.Popen
         yield proc
     finally:
         if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGTERM)  # warm shutdown: the worker says goodbye
+            # Warm shutdown, to the main process only: it finishes running tasks
+            # and stops its pool children itself (signalling them kills tasks).
+            proc.send_signal(signal.SIGTERM)
             try:
                 proc.wait(20)
             except subprocess.TimeoutExpired:
@@ -179,13 +185,20 @@ def send_traffic(stop: threading.Event, rate: float = 2.0) -> None:
         stop.wait(random.expovariate(rate))
 
 
-def run_demo(settings: Settings, redis_given: bool, rate: float = 2.0) -> None:
+def run_demo(
+    settings: Settings, redis_given: bool, rate: float = 2.0, embedded: bool = False
+) -> None:
     """Run everything until Ctrl-C / SIGTERM."""
-    from .web.server import run_server
+    from .web.server import monkey_patch, run_server
+
+    # The dashboard runs on gevent: patch before the traffic thread and its
+    # sockets exist, so they are green too (a real thread beside a patched
+    # hub crashes the interpreter at exit).
+    monkey_patch()
 
     with ExitStack() as stack:
         url = settings.redis_url
-        if not redis_given and not _redis_answers(url):
+        if embedded or (not redis_given and not _redis_answers(url)):
             url = stack.enter_context(embedded_redis())
         settings = settings.replace(redis_url=url, broker_url=url)
         stack.enter_context(demo_worker(url, settings))
@@ -199,6 +212,10 @@ def run_demo(settings: Settings, redis_given: bool, rate: float = 2.0) -> None:
         stop = threading.Event()
         traffic = threading.Thread(target=send_traffic, args=(stop, rate), daemon=True)
         traffic.start()
+        # (LIFO) stop the traffic, wait for it, then collect the AsyncResults it
+        # made while their green threads can still unsubscribe cleanly.
+        stack.callback(gc.collect)
+        stack.callback(traffic.join, 5)
         stack.callback(stop.set)
         base = f"http://{settings.host}:{settings.port}{settings.url_prefix}/"
         print(f"celery monitor demo: open {base}  (Ctrl-C stops everything)", flush=True)

@@ -30,7 +30,7 @@ from typing import Any
 logger = logging.getLogger(__name__)
 
 
-def _patch() -> None:
+def monkey_patch() -> None:
     from gevent import monkey
 
     if not monkey.is_module_patched("socket"):
@@ -106,7 +106,7 @@ def _stop_on_signals(server: Any) -> None:
 
 def run_server(settings: Any, events: bool = True, app: Any = None) -> None:
     """Serve until KeyboardInterrupt (Ctrl-C, or SIGTERM through the CLI)."""
-    _patch()
+    monkey_patch()
     from . import socketio
 
     flask_app, receiver = build(settings, events, app)

@@ -1,0 +1,60 @@
+"""`python -m monitor demo`, the README's first command, as a real process."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+
+import pytest
+import requests
+
+from .helpers import ROOT, free_port, wait_for
+
+pytestmark = pytest.mark.slow
+
+
+def test_demo_runs_everything_and_stops_cleanly(redis_url):
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MONITOR_")}
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "monitor",
+            "demo",
+            "--port",
+            str(port),
+            "--rate",
+            "10",
+            "--embedded-redis",
+        ],
+        cwd=ROOT,
+        env=env,
+        start_new_session=True,
+        text=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
+    try:
+
+        def stats():
+            try:
+                return requests.get(f"http://127.0.0.1:{port}/api/v1/stats", timeout=2).json()
+            except (requests.RequestException, ValueError):
+                return None
+
+        # the embedded Redis, the worker and the traffic produce finished tasks
+        body = wait_for(lambda: (s := stats()) and s["counts"]["SUCCESS"] >= 5 and s, 90, 0.5)
+        assert body["workers"]["online"] == 1
+        page = requests.get(f"http://127.0.0.1:{port}/tasks", timeout=5)
+        assert page.status_code == 200 and "celery monitor" in page.text
+    finally:
+        os.killpg(proc.pid, signal.SIGINT)  # Ctrl-C
+        output, _ = proc.communicate(timeout=60)
+    assert proc.returncode == 0, output
+    assert "celery monitor demo: open http://127.0.0.1:" in output
+    assert "started an embedded redis-server" in output
+    assert "stopping the worker and everything it started" in output
+    assert "Traceback" not in output.split("stopping the worker")[1]
