@@ -14,6 +14,7 @@ Usable as a library (``Receiver(settings).start()`` / ``.stop()``, embedded in
 
 from __future__ import annotations
 
+import json
 import logging
 import threading
 import time
@@ -47,6 +48,27 @@ def make_app(settings: Settings, app: Celery | None = None) -> Celery:
         app.conf.broker_url = settings.broker_url
     app.conf.broker_connection_retry_on_startup = True
     return app
+
+
+def decode_body(message: Any) -> Any:
+    """The body of an event message.
+
+    Celery events are plain JSON: ``json.loads`` decodes them directly, skipping
+    kombu's serializer registry and the decoder object it builds per message
+    (a third of the consumer's time at 10k events/s). Anything else
+    (compression, another serializer, kombu's tagged types such as datetimes)
+    takes kombu's own path, which also enforces the ``accept`` list.
+    """
+    body = message.body
+    if (
+        message.content_type == "application/json"
+        and message.content_encoding in ("utf-8", "utf8", None)
+        and not (message.headers or {}).get("compression")
+        and isinstance(body, bytes | str)
+        and ('"__type__"' if isinstance(body, str) else b'"__type__"') not in body
+    ):
+        return json.loads(body)
+    return message.decode()
 
 
 class Receiver:
@@ -133,7 +155,7 @@ class Receiver:
             consumer = Consumer(
                 channel,
                 queues=[self._queue(conn)],
-                callbacks=[self._on_message],
+                on_message=self._on_raw_message,
                 on_decode_error=self._on_decode_error,
                 no_ack=True,
                 accept=["json", "application/json"],
@@ -152,6 +174,14 @@ class Receiver:
                         self._report_malformed()
                         last_meta = time.monotonic()
         self._report_malformed()
+
+    def _on_raw_message(self, message: Any) -> None:
+        try:
+            body = decode_body(message)
+        except Exception as exc:  # any serializer's error: count it, keep consuming
+            self._on_decode_error(message, exc)
+            return
+        self._on_message(body, message)
 
     def _on_message(self, body: Any, message: Any) -> None:
         # Celery >= 4 batches task events in lists (routing key task.multi).

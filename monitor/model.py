@@ -84,7 +84,7 @@ def state_for_subject(subject: str) -> str:
     return SUBJECT_TO_STATE.get(subject) or subject.upper()
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class TaskEvent:
     """One reported transition of one task."""
 
@@ -142,7 +142,7 @@ class TaskEvent:
         return cls(task_id, state, timestamp, "event", hostname, fields)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class WorkerEvent:
     """A worker came online, sent a heartbeat, or went offline."""
 

@@ -106,6 +106,8 @@ class Store:
         self._apply_script = client.register_script(script)
         self._script_keys = self.keys.script_keys()
         self._ranks = _rank_table()
+        self._config_for: Settings | None = None
+        self._config_json = ""
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Store:
@@ -115,18 +117,22 @@ class Store:
         self.redis.close()
 
     # -- writes --------------------------------------------------------------
-    def record(self, event: TaskEvent | WorkerEvent) -> dict[str, Any]:
-        """The JSON-ready form of one record that ``apply_batch.lua`` reads."""
+    def record(self, event: TaskEvent | WorkerEvent) -> list[Any]:
+        """The JSON-ready form of one record that ``apply_batch.lua`` reads.
+
+        A positional list, not a dict: this runs for every event (10k+/s) in
+        the user's processes and in the receiver, and lists encode (here) and
+        decode (in Lua) markedly faster. The layout is documented in the script.
+        """
         if isinstance(event, WorkerEvent):
-            return {
-                "k": "w",
-                "h": event.hostname,
-                "kind": event.kind,
-                "t": event.timestamp,
-                "ts": repr(event.timestamp),
-                "src": event.source,
-                "f": {k: model.as_text(v) for k, v in event.fields.items() if v is not None},
-            }
+            return [
+                "w",
+                event.hostname,
+                event.kind,
+                repr(event.timestamp),
+                event.source,
+                {k: model.as_text(v) for k, v in event.fields.items() if v is not None},
+            ]
         cap = self.settings.max_field_bytes
         short = cap // 4  # a str this long cannot exceed cap bytes in UTF-8
         fields: dict[str, str] = {}
@@ -159,37 +165,37 @@ class Store:
             fields[key] = text
         if "kwargs" in fields and self.settings.redact:
             fields["kwargs"] = model.redact_repr(fields["kwargs"], self.settings.redact)
-        state = event.state
         retries = event.fields.get("retries")
         if retries is not None and type(retries) is not int:
             try:
                 retries = int(retries)
             except (TypeError, ValueError):
                 retries = None
-        rank = self._ranks.get(state)
-        return {
-            "k": "t",
-            "id": event.task_id,
-            "s": state,
-            "r": model.CUSTOM_RANK if rank is None else rank,
-            "t": event.timestamp,
-            "ts": repr(event.timestamp),
-            "src": event.source,
-            "h": event.hostname or "",
-            "f": fields,
-            "keep": _MERGE_KEEP.get(state),
-            "tf": model.STATE_TO_SUBJECT.get(state),
-            "rt": retries,
-        }
+        return [
+            "t",
+            event.task_id,
+            event.state,
+            repr(event.timestamp),
+            event.source,
+            event.hostname or "",
+            fields,
+            retries,
+        ]
 
-    def _config(self, now: float) -> str:
+    def _config(self) -> str:
+        """The script's settings, JSON: encoded once per settings object."""
         s = self.settings
-        return json.dumps(
+        if self._config_for is s:
+            return self._config_json
+        self._config_json = json.dumps(
             {
                 "ranks": self._ranks,
                 "custom_rank": model.CUSTOM_RANK,
                 "ready_states": sorted(model.READY_STATES | {"REJECTED"}),
-                "now": now,
+                # state -> fields a late (merge-only) event of that state keeps
+                "keep": _MERGE_KEEP,
+                # state -> the hash field holding its time ("received", ...)
+                "subject": dict(model.STATE_TO_SUBJECT),
                 "max_tasks": s.max_tasks,
                 "max_age": s.max_age,
                 "max_timeline": s.max_timeline,
@@ -200,6 +206,8 @@ class Store:
                 "rt_buckets": [[b, bucket_label(b)] for b in RUNTIME_BUCKETS],
             }
         )
+        self._config_for = s
+        return self._config_json
 
     def encode_batch(self, events: Iterable[TaskEvent | WorkerEvent]) -> str:
         return json.dumps([self.record(e) for e in events], ensure_ascii=False)
@@ -214,7 +222,7 @@ class Store:
 
     def apply_encoded(self, payload: str, now: float | None = None) -> BatchResult:
         now = time.time() if now is None else now
-        result = self._apply_script(keys=self._script_keys, args=[payload, self._config(now)])
+        result = self._apply_script(keys=self._script_keys, args=[payload, self._config(), now])
         return BatchResult(*(int(x) for x in result))
 
     def incr_meta(self, counters: dict[str, int]) -> None:

@@ -13,7 +13,9 @@ wait in the buffer; when it is full:
 Dropped records are added to ``{prefix}:meta`` (``dropped:<source>``) once
 Redis answers again, so the loss is visible on the dashboard and in metrics.
 The buffer belongs to one process: after a fork the child starts empty (the
-parent still owns and flushes the records it had).
+parent still owns and flushes the records it had), with fresh locks and no
+thread, reset by an ``os.register_at_fork`` hook rather than a pid check on
+every record.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ import logging
 import os
 import threading
 import time
+import weakref
 from collections import deque
 from collections.abc import Callable
 from typing import Any
@@ -37,6 +40,18 @@ Record = TaskEvent | WorkerEvent
 #: Capped exponential backoff while Redis is unreachable (seconds).
 BACKOFF_START = 0.1
 BACKOFF_MAX = 5.0
+
+
+#: Every writer of this process, reset in a forked child (prefork pool processes).
+_writers: weakref.WeakSet[BufferedWriter] = weakref.WeakSet()
+
+
+def _after_fork_in_child() -> None:
+    for writer in list(_writers):
+        writer._reset()
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 class BufferedWriter:
@@ -60,6 +75,7 @@ class BufferedWriter:
         self.source = source
         self._on_batch = on_batch
         self._reset()
+        _writers.add(self)
 
     def _reset(self) -> None:
         self._pid = os.getpid()
@@ -77,8 +93,6 @@ class BufferedWriter:
     # -- producer side -------------------------------------------------------
     def put(self, record: Record) -> None:
         """Queue one record. Never raises; never blocks unless ``block_when_full``."""
-        if self._pid != os.getpid():
-            self._reset()  # forked: threads and locks did not survive
         with self._cond:
             if len(self._buffer) >= self.capacity:
                 if self.block_when_full:

@@ -15,14 +15,17 @@
 -- KEYS[13] children suffix             ":children"
 -- timeline entry: {s=state, t=time, h=host, src="signal,event", r=retries (when
 --                  the report named its attempt), t2=second source's time}
--- ARGV[1]  JSON array of records, in arrival order:
---            task:   {k="t", id, s=state, r=rank, t=ts, ts=ts text, src, h=host,
---                     f={field=text}, keep=[fields kept when merged] or null,
---                     tf=timestamp field ("received") or null, rt=retries or null}
---            worker: {k="w", h=host, kind="online"|"heartbeat"|"offline", t, ts, src, f={}}
--- ARGV[2]  JSON config: ranks{state=rank}, custom_rank, ready_states[], now, max_tasks, max_age,
---          max_timeline, stream_maxlen, stats_ttl, dedup_window, purge_after,
---          rt_buckets[[upper bound, label]]
+-- ARGV[1]  JSON array of records, in arrival order; positional lists (they
+--          decode faster than objects, and this runs for every event):
+--            task:   ["t", id, state, time text, source, host or "", {field=text},
+--                     retries (the attempt the report names) or null]
+--            worker: ["w", host, "online"|"heartbeat"|"offline", time text, source, {field=text}]
+--          Times travel as Python's repr of the float: exact, and kept verbatim
+--          in the hash.
+-- ARGV[2]  JSON config: ranks{state=rank}, custom_rank, ready_states[], keep{state=[fields a
+--          late event keeps]}, subject{state=time field}, max_tasks, max_age, max_timeline,
+--          stream_maxlen, stats_ttl, dedup_window, purge_after, rt_buckets[[bound, label]]
+-- ARGV[3]  now (seconds since the epoch)
 -- returns  {applied, duplicates, tasks_changed, trimmed}
 --
 -- The precedence rule is Celery's Task.event (celery/events/state.py): a
@@ -32,6 +35,7 @@
 
 local records = cjson.decode(ARGV[1])
 local cfg = cjson.decode(ARGV[2])
+local now = tonumber(ARGV[3])
 local ranks = cfg.ranks
 local custom_rank = cfg.custom_rank
 local ready = {}
@@ -40,6 +44,9 @@ for _, state in ipairs(cfg.ready_states) do ready[state] = true end
 local P_TASK, K_TASKS, P_STATE, P_NAME, P_WORKER_IDX = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
 local P_GROUP, P_WORKER, K_WORKERS, P_STATS = KEYS[6], KEYS[7], KEYS[8], KEYS[9]
 local K_CHANGES, K_NAMES, S_TIMELINE, S_CHILDREN = KEYS[10], KEYS[11], KEYS[12], KEYS[13]
+
+local dedup_window = cfg.dedup_window
+local keep_rules, subjects = cfg.keep, cfg.subject
 
 local function rank_of(state)
   return ranks[state] or custom_rank
@@ -61,7 +68,7 @@ local function load(id)
   local t = tasks[id]
   if t then return t end
   local key = P_TASK .. id
-  local cur = redis.call('HMGET', key, 'state', 'name', 'worker', 'retries')
+  local cur = redis.call('HMGET', key, 'state', 'name', 'worker', 'retries', 'timestamp')
   t = {key = key, id = id, exists = cur[1] ~= false, fields = {}, score = false}
   t.state = cur[1] or 'PENDING'
   t.orig_state = cur[1]
@@ -70,6 +77,8 @@ local function load(id)
   t.worker = cur[3] or false
   t.orig_worker = t.worker
   t.retries = tonumber(cur[4])
+  -- time of the last state change: the floor for this task's index scores
+  t.orig_time = tonumber(cur[5])
   t.timeline = false  -- loaded on first need
   t.tl_new = {}       -- entries to append
   t.tl_set = {}       -- index (1-based) -> entry to rewrite
@@ -91,28 +100,30 @@ local function timeline(t)
 end
 
 local function has_source(entry, src)
-  return string.find(',' .. entry.src .. ',', ',' .. src .. ',', 1, true) ~= nil
+  local sources = entry.src
+  if sources == src then return true end
+  return string.find(',' .. sources .. ',', ',' .. src .. ',', 1, true) ~= nil
 end
 
 -- Is this transition already in the timeline? Returns 'exact' (same source
 -- reported it again: a redelivery), the index of the entry another source
 -- wrote for it (closest in time within the window), or nil.
-local function find_duplicate(t, rec, retries, explicit)
+local function find_duplicate(t, state, time, src, retries, explicit)
   local tl = timeline(t)
-  local best, best_dt = nil, cfg.dedup_window
+  local best, best_dt = nil, dedup_window
   for i = 1, #tl do
     local e = tl[i]
-    if e.s == rec.s then
-      local dt = math.abs(e.t - rec.t)
+    if e.s == state then
+      local dt = math.abs(e.t - time)
       local same_attempt = (not explicit) or e.r == nil or e.r == retries
-      if has_source(e, rec.src) then
+      if has_source(e, src) then
         -- t2 is when the second source reported the transition it shares.
-        if dt <= 0.0005 or (e.t2 and math.abs(e.t2 - rec.t) <= 0.0005) then
+        if dt <= 0.0005 or (e.t2 and math.abs(e.t2 - time) <= 0.0005) then
           return 'exact'
         end
         -- One attempt ends once: Celery itself reports some endings twice
         -- (a hard time limit fires task_failure from two places).
-        if ready[rec.s] and same_attempt and dt <= best_dt then best, best_dt = i, dt end
+        if ready[state] and same_attempt and dt <= best_dt then best, best_dt = i, dt end
       elseif dt <= best_dt and same_attempt then
         best, best_dt = i, dt
       end
@@ -122,9 +133,11 @@ local function find_duplicate(t, rec, retries, explicit)
 end
 
 local function apply_task(rec)
-  local t = load(rec.id)
-  local explicit = rec.rt ~= nil and rec.rt ~= cjson.null
-  local dup = find_duplicate(t, rec, rec.rt, explicit)
+  local state, ts, src, host, f, rt = rec[3], rec[4], rec[5], rec[6], rec[7], rec[8]
+  local time = tonumber(ts)
+  local t = load(rec[2])
+  local explicit = rt ~= nil and rt ~= cjson.null
+  local dup = find_duplicate(t, state, time, src, rt, explicit)
   local tl = t.timeline
   if dup == 'exact' then
     duplicates = duplicates + 1
@@ -134,30 +147,30 @@ local function apply_task(rec)
   if is_dup then
     duplicates = duplicates + 1
     local e = tl[dup]
-    if not has_source(e, rec.src) then
-      e.src = e.src .. ',' .. rec.src
-      e.t2 = rec.t
+    if not has_source(e, src) then
+      e.src = e.src .. ',' .. src
+      e.t2 = time
     end
-    if e.h == nil and rec.h ~= '' then e.h = rec.h end
+    if e.h == nil and host ~= '' then e.h = host end
     if dup <= t.tl_base then t.tl_set[dup] = e end
   else
-    local e = {s = rec.s, t = rec.t, src = rec.src}
-    if rec.h ~= '' then e.h = rec.h end
+    local e = {s = state, t = time, src = src}
+    if host ~= '' then e.h = host end
     -- Only a report that names its attempt gets one: guessing from the task's
     -- current retries is wrong whenever the other source is ahead.
-    if explicit then e.r = rec.rt end
+    if explicit then e.r = rt end
     tl[#tl + 1] = e
     t.tl_new[#t.tl_new + 1] = e
   end
 
   -- Celery's rule. A duplicate never changes the state: the transition it
   -- reports was applied (or merged) when first seen.
-  local merge_only = is_dup or (rec.s ~= 'RETRY' and t.state ~= 'RETRY'
-                                and rec.r > rank_of(t.state))
-  local f = rec.f
-  if merge_only and not is_dup and rec.keep ~= cjson.null and rec.keep ~= nil then
+  local merge_only = is_dup or (state ~= 'RETRY' and t.state ~= 'RETRY'
+                                and rank_of(state) > rank_of(t.state))
+  local keep = keep_rules[state]
+  if merge_only and not is_dup and keep then
     local kept = {}
-    for _, name in ipairs(rec.keep) do
+    for _, name in ipairs(keep) do
       if f[name] ~= nil then kept[name] = f[name] end
     end
     f = kept
@@ -173,24 +186,25 @@ local function apply_task(rec)
     end
   end
   for k, v in pairs(f) do t.fields[k] = v end
-  if rec.tf ~= cjson.null and rec.tf ~= nil then t.fields[rec.tf] = rec.ts end
+  local subject = subjects[state]
+  if subject then t.fields[subject] = ts end
   if f.name then t.name = f.name end
   if f.worker then t.worker = f.worker end
   if f.retries then t.retries = tonumber(f.retries) end
-  if not t.score or rec.t > t.score then t.score = rec.t end
+  if not t.score or time > t.score then t.score = time end
   t.changed = true
   applied = applied + 1
 
   if not merge_only then
-    t.state = rec.s
-    t.fields.state = rec.s
-    t.fields.timestamp = rec.ts
-    local minute = math.floor(rec.t / 60)
+    t.state = state
+    t.fields.state = state
+    t.fields.timestamp = ts
+    local minute = math.floor(time / 60)
     local skey = P_STATS .. minute
-    bump(stats, skey, 'state:' .. rec.s, 1)
-    if t.name then bump(stats, skey, 'name:' .. t.name .. ':' .. rec.s, 1) end
+    bump(stats, skey, 'state:' .. state, 1)
+    if t.name then bump(stats, skey, 'name:' .. t.name .. ':' .. state, 1) end
     local runtime = tonumber(f.runtime)
-    if runtime and (rec.s == 'SUCCESS' or rec.s == 'FAILURE') then
+    if runtime and (state == 'SUCCESS' or state == 'FAILURE') then
       local bucket = '+Inf'
       for _, b in ipairs(cfg.rt_buckets) do
         if runtime <= b[1] then bucket = b[2]; break end
@@ -203,11 +217,11 @@ local function apply_task(rec)
       end
     end
     if t.worker then
-      if rec.s == 'SUCCESS' then
+      if state == 'SUCCESS' then
         bump(worker_incr, t.worker, 'succeeded', 1)
-      elseif rec.s == 'FAILURE' then
+      elseif state == 'FAILURE' then
         bump(worker_incr, t.worker, 'failed', 1)
-      elseif rec.s == 'RETRY' then
+      elseif state == 'RETRY' then
         bump(worker_incr, t.worker, 'retried', 1)
       end
     end
@@ -215,40 +229,68 @@ local function apply_task(rec)
 end
 
 local workers_touched = {}
+local worker_scores = {}  -- hostname -> newest time this batch saw it at: one ZADD each
 
 local function apply_worker(rec)
-  local key = P_WORKER .. rec.h
-  local fields = {'hostname', rec.h}
-  for k, v in pairs(rec.f) do
+  local host, kind, ts = rec[2], rec[3], rec[4]
+  local time = tonumber(ts)
+  local key = P_WORKER .. host
+  local fields = {'hostname', host}
+  for k, v in pairs(rec[6]) do
     fields[#fields + 1] = k
     fields[#fields + 1] = v
   end
-  if rec.kind == 'offline' then
+  if kind == 'offline' then
     fields[#fields + 1] = 'offline_at'
-    fields[#fields + 1] = rec.ts
+    fields[#fields + 1] = ts
   else
     local last = tonumber(redis.call('HGET', key, 'last_heartbeat'))
-    if not last or rec.t > last then
+    if not last or time > last then
       fields[#fields + 1] = 'last_heartbeat'
-      fields[#fields + 1] = rec.ts
+      fields[#fields + 1] = ts
     end
-    if rec.kind == 'online' then
+    if kind == 'online' then
       fields[#fields + 1] = 'online_at'
-      fields[#fields + 1] = rec.ts
+      fields[#fields + 1] = ts
     end
   end
   redis.call('HSET', key, unpack(fields))
-  redis.call('ZADD', K_WORKERS, 'GT', rec.t, rec.h)
-  if not workers_touched[rec.h] then
-    workers_touched[rec.h] = true
+  redis.call('ZADD', K_WORKERS, 'GT', time, host)
+  if not workers_touched[host] then
+    workers_touched[host] = true
     redis.call('XADD', K_CHANGES, 'MAXLEN', '~', cfg.stream_maxlen, '*',
-               'kind', 'worker', 'id', rec.h, 'event', rec.kind, 'ts', rec.ts)
+               'kind', 'worker', 'id', host, 'event', kind, 'ts', ts)
   end
   applied = applied + 1
 end
 
 for _, rec in ipairs(records) do
-  if rec.k == 't' then apply_task(rec) else apply_worker(rec) end
+  if rec[1] == 't' then apply_task(rec) else apply_worker(rec) end
+end
+
+-- Index updates are collected per key and sent as one variadic ZADD / ZREM
+-- each: a batch touches a few index keys many times, and every redis.call
+-- from Lua has a fixed cost that dominates a one-member ZADD.
+local VARIADIC = 1000  -- members per call (Lua's unpack has a stack limit)
+local zadds, zrems = {}, {}
+local name_scores = {}  -- task names first seen in this batch -> newest time
+
+local function zadd_later(key, score, member)
+  local args = zadds[key]
+  if not args then args = {}; zadds[key] = args end
+  args[#args + 1] = score
+  args[#args + 1] = member
+end
+
+local function zrem_later(key, member)
+  local members = zrems[key]
+  if not members then members = {}; zrems[key] = members end
+  members[#members + 1] = member
+end
+
+local function newest(tbl, key, score)
+  local seen = tbl[key]
+  if not seen or score > seen then tbl[key] = score end
 end
 
 -- Write each touched task once: hash, timeline, indexes, links, change feed.
@@ -284,29 +326,28 @@ for _, id in ipairs(order) do
       end
     end
 
+    -- A late event must not put the task in a new index at an older time:
+    -- its last state change is the floor (read with the hash, no ZSCORE).
     local score = t.score
-    redis.call('ZADD', K_TASKS, 'GT', score, id)
-    if t.exists then
-      -- a late event must not put the task in a new index at an older time
-      score = tonumber(redis.call('ZSCORE', K_TASKS, id)) or score
-    end
+    if t.orig_time and t.orig_time > score then score = t.orig_time end
+    zadd_later(K_TASKS, score, id)
     if t.orig_state and t.orig_state ~= t.state then
-      redis.call('ZREM', P_STATE .. t.orig_state, id)
+      zrem_later(P_STATE .. t.orig_state, id)
     end
-    redis.call('ZADD', P_STATE .. t.state, 'GT', score, id)
+    zadd_later(P_STATE .. t.state, score, id)
     if t.name then
       if t.orig_name and t.orig_name ~= t.name then
-        redis.call('ZREM', P_NAME .. t.orig_name, id)
+        zrem_later(P_NAME .. t.orig_name, id)
       end
-      redis.call('ZADD', P_NAME .. t.name, 'GT', score, id)
-      if t.name ~= t.orig_name then redis.call('ZADD', K_NAMES, 'GT', score, t.name) end
+      zadd_later(P_NAME .. t.name, score, id)
+      if t.name ~= t.orig_name then newest(name_scores, t.name, score) end
     end
     if t.worker then
       if t.orig_worker and t.orig_worker ~= t.worker then
-        redis.call('ZREM', P_WORKER_IDX .. t.orig_worker, id)
+        zrem_later(P_WORKER_IDX .. t.orig_worker, id)
       end
-      redis.call('ZADD', P_WORKER_IDX .. t.worker, 'GT', score, id)
-      redis.call('ZADD', K_WORKERS, 'GT', score, t.worker)
+      zadd_later(P_WORKER_IDX .. t.worker, score, id)
+      newest(worker_scores, t.worker, score)
     end
     local parent = t.fields.parent_id
     if parent and parent ~= id then
@@ -320,6 +361,20 @@ for _, id in ipairs(order) do
     redis.call('XADD', K_CHANGES, 'MAXLEN', '~', cfg.stream_maxlen, '*',
                'kind', 'task', 'id', id, 'state', t.state,
                'name', t.name or '', 'worker', t.worker or '', 'ts', tostring(score))
+  end
+end
+
+for host, score in pairs(worker_scores) do zadd_later(K_WORKERS, score, host) end
+for name, score in pairs(name_scores) do zadd_later(K_NAMES, score, name) end
+-- Removals first: a task leaving one state index enters another (other key).
+for key, members in pairs(zrems) do
+  for i = 1, #members, VARIADIC do
+    redis.call('ZREM', key, unpack(members, i, math.min(i + VARIADIC - 1, #members)))
+  end
+end
+for key, args in pairs(zadds) do
+  for i = 1, #args, 2 * VARIADIC do
+    redis.call('ZADD', key, 'GT', unpack(args, i, math.min(i + 2 * VARIADIC - 1, #args)))
   end
 end
 
@@ -351,7 +406,7 @@ if excess > 0 then
   for _, v in ipairs(ids) do victims[#victims + 1] = v end
 end
 if #victims < budget then
-  local ids = redis.call('ZRANGEBYSCORE', K_TASKS, '-inf', cfg.now - cfg.max_age,
+  local ids = redis.call('ZRANGEBYSCORE', K_TASKS, '-inf', now - cfg.max_age,
                          'LIMIT', 0, budget - #victims)
   for _, v in ipairs(ids) do victims[#victims + 1] = v end
 end
@@ -372,7 +427,7 @@ for _, id in ipairs(victims) do
 end
 
 -- Workers not heard of for purge_after seconds are forgotten.
-local gone = redis.call('ZRANGEBYSCORE', K_WORKERS, '-inf', cfg.now - cfg.purge_after,
+local gone = redis.call('ZRANGEBYSCORE', K_WORKERS, '-inf', now - cfg.purge_after,
                         'LIMIT', 0, 100)
 for _, host in ipairs(gone) do
   redis.call('DEL', P_WORKER .. host)

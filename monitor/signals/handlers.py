@@ -49,7 +49,14 @@ def _rec():  # the active recorder; never None inside a never_raise handler
     return _active.recorder
 
 
+#: Results whose plain repr is short and safe: saferepr's machinery costs more
+#: than the whole rest of a hook for the common None / number / flag result.
+_SCALARS = (type(None), bool, int, float)
+
+
 def _repr(value: Any) -> str:
+    if type(value) in _SCALARS and (type(value) is not int or -(10**18) < value < 10**18):
+        return repr(value)
     return saferepr(value, _rec().settings.max_field_bytes)
 
 
