@@ -19,7 +19,6 @@ import requests
 import socketio
 
 from monitor.model import TaskEvent
-from monitor.store import Store, redis_client
 
 from .helpers import ROOT, free_port, stop_process, wait_for
 
@@ -157,22 +156,20 @@ def test_task_room_gets_its_task_only_over_polling(serve, clients, store):
     assert client.sio.transport() == "polling"
 
 
-def test_burst_is_coalesced(serve, clients, settings):
+def test_burst_is_coalesced(serve, clients, settings, store):
     port = serve()
     client = clients(port)
     client.subscribe(room="tasks", filters={})
     client.subscribe(room="overview")
     wait_for(lambda: client.got("overview"), 10, what="the first overview")
-    writer = Store(redis_client(settings.redis_url), settings)
     started = time.monotonic()
     n = 5000
     for start in range(0, n, 250):
-        writer.apply([ev(f"b{i}", "SUCCESS", T0 + i * 0.001) for i in range(start, start + 250)])
+        store.apply([ev(f"b{i}", "SUCCESS", T0 + i * 0.001) for i in range(start, start + 250)])
     burst = time.monotonic() - started
     seen = lambda: {r["id"] for m in client.got("tasks") for r in m["rows"]}  # noqa: E731
     wait_for(lambda: f"b{n - 1}" in seen(), 20, what="the burst's last task")
     elapsed = time.monotonic() - started
-    writer.close()
     # At most one "tasks" message per push interval while the burst lasted,
     # plus slack for the final push and timer jitter.
     bound = elapsed / settings.push_interval + 3
