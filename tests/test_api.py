@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import time
+import uuid
 
 import pytest
+from celery import Celery
 from flask import Flask
 
 from monitor.model import TaskEvent, WorkerEvent
 from monitor.web import create_app, init_app
+
+from .helpers import WorkerProcess, wait_for
 
 T0 = time.time() - 600
 HOSTILE = "<img src=x onerror=alert(1)>\"'&\u2028"
@@ -219,6 +223,49 @@ def test_flower_task_info_types_workers(client, filled):
     assert client.get("/api/workers?status=1").get_json() == {"celery@w1": True, "celery@w2": False}
     assert set(client.get("/api/workers?workername=celery@w1").get_json()) == {"celery@w1"}
     assert client.get("/api/workers?workername=celery@ghost").status_code == 404
+
+
+def test_flower_workers_refresh_inspects_a_real_worker(settings, store):
+    broker = "redis://127.0.0.1:6379/6"
+    queue = f"inspect-{uuid.uuid4().hex[:8]}"
+    worker = WorkerProcess(broker=broker, queue=queue, prefix=settings.prefix).start()
+    celery_app = Celery("inspect-test", broker=broker)
+    client = create_app(settings, message_queue=None, celery_app=celery_app).test_client()
+    host = worker.hostname
+    try:
+        wait_for(lambda: store.worker(host), 30, what="the worker recorded by its hooks")
+        # Nothing asked yet: Flower's shape, filled from what the hooks recorded.
+        before = client.get("/api/workers").get_json()[host]
+        assert before["registered"] == [] and before["stats"]["pool"]["max-concurrency"] == 2
+
+        info = client.get("/api/workers?refresh=1").get_json()[host]
+        assert {"tests.workerapp.add", "tests.workerapp.sleep"} <= set(info["registered"])
+        assert info["stats"]["pool"]["max-concurrency"] == 2 and "rusage" in info["stats"]
+        assert [q["name"] for q in info["active_queues"]] == [queue]
+        assert info["conf"]["task_default_queue"] == queue
+        assert info["active"] == []  # task lists only for a named worker, as in Flower
+
+        running = celery_app.send_task("tests.workerapp.sleep", (4,), queue=queue)
+        wait_for(lambda: (store.get_task(running.id) or {}).get("state") == "STARTED", 30)
+        named = client.get(f"/api/workers?refresh=1&workername={host}").get_json()
+        assert set(named) == {host}
+        assert [t["id"] for t in named[host]["active"]] == [running.id]
+        # Later requests without refresh return the cached replies.
+        assert "tests.workerapp.add" in client.get("/api/workers").get_json()[host]["registered"]
+        assert client.get("/api/workers?refresh=1&workername=celery@ghost").status_code == 404
+    finally:
+        worker.stop()
+        celery_app.close()
+
+
+def test_flower_workers_refresh_with_the_broker_down_is_503(settings, filled):
+    dead = Celery("dead-broker", broker="redis://127.0.0.1:1/0")
+    client = create_app(settings, message_queue=None, celery_app=dead).test_client()
+    response = client.get("/api/workers?refresh=1")
+    assert response.status_code == 503
+    assert "broker unreachable" in response.get_json()["error"]
+    # without refresh the stored workers are still served
+    assert set(client.get("/api/workers").get_json()) == {"celery@w1", "celery@w2"}
 
 
 def test_openapi_lists_every_endpoint(client, app):

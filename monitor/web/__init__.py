@@ -3,7 +3,10 @@
 ``create_app(settings)`` builds the standalone dashboard; ``init_app(flask_app,
 url_prefix="/monitor")`` mounts the same pages, API, metrics and Socket.IO
 endpoint inside an existing Flask application. Per-app objects (Settings, Store,
-live Hub) live in ``app.extensions["monitor"]``.
+live Hub, worker inspector) live in ``app.extensions["monitor"]``. Pass your
+Celery app as ``celery_app=`` so ``/api/workers?refresh=1`` inspects workers
+through your broker settings (otherwise MONITOR_BROKER_URL, else the store's
+Redis, as the receiver does).
 
 The Socket.IO async mode follows the process: ``gevent`` when
 :func:`monitor.web.server.run_server` has monkey-patched the standard library,
@@ -23,6 +26,7 @@ from flask_socketio import SocketIO
 from ..config import Settings
 from ..store import Store
 from .blueprint import bp
+from .inspect import WorkerInspector
 
 logger = logging.getLogger(__name__)
 
@@ -38,6 +42,7 @@ class MonitorExtension:
     store: Store
     hub: Any
     url_prefix: str
+    inspector: WorkerInspector
 
 
 def async_mode() -> str:
@@ -55,7 +60,9 @@ def _normalise_prefix(url_prefix: str | None) -> str:
     return "/" + prefix.strip("/")
 
 
-def create_app(settings: Settings | None = None, message_queue: Any = False) -> Flask:
+def create_app(
+    settings: Settings | None = None, message_queue: Any = False, celery_app: Any = None
+) -> Flask:
     """The standalone dashboard. ``message_queue=False`` means: settings' queue or redis_url."""
     settings = settings or Settings.from_env()
     app = Flask(__name__, static_folder=None)  # the blueprint serves /static
@@ -63,7 +70,13 @@ def create_app(settings: Settings | None = None, message_queue: Any = False) -> 
     app.json.sort_keys = False
     if message_queue is False:
         message_queue = settings.message_queue or settings.redis_url
-    init_app(app, url_prefix=settings.url_prefix, settings=settings, message_queue=message_queue)
+    init_app(
+        app,
+        url_prefix=settings.url_prefix,
+        settings=settings,
+        message_queue=message_queue,
+        celery_app=celery_app,
+    )
     return app
 
 
@@ -72,6 +85,7 @@ def init_app(
     url_prefix: str = "/monitor",
     settings: Settings | None = None,
     message_queue: str | None = None,
+    celery_app: Any = None,
     **overrides: Any,
 ) -> Flask:
     """Mount the dashboard on ``flask_app`` under ``url_prefix``.
@@ -121,6 +135,10 @@ def init_app(
     socketio.init_app(flask_app, **options)
     hub = Hub(socketio, settings, shared=bool(message_queue))
     flask_app.extensions["monitor"] = MonitorExtension(
-        settings=settings, store=Store.from_settings(settings), hub=hub, url_prefix=prefix
+        settings=settings,
+        store=Store.from_settings(settings),
+        hub=hub,
+        url_prefix=prefix,
+        inspector=WorkerInspector(settings, celery_app),
     )
     return flask_app

@@ -3,8 +3,10 @@
 Same parameters and response shapes as Flower 2.x so that scripts written
 against Flower keep working: tasks are a JSON object id -> task (newest first),
 every Flower task attribute present (``null`` when unknown), numbers as numbers.
-Worker details that Flower gets from ``inspect`` (registered tasks, conf) are
-not collected by the monitor; their keys are present with what heartbeats tell.
+Workers: what heartbeats and signals recorded, overlaid with the replies of
+Celery's ``inspect`` broadcasts (registered tasks, full stats, conf, queues;
+task lists for a named worker) once ``refresh=1`` has asked for them, as in
+Flower (see :mod:`monitor.web.inspect`).
 """
 
 from __future__ import annotations
@@ -14,11 +16,12 @@ import logging
 from datetime import datetime
 from typing import Any
 
-from flask import Blueprint, Response, request
+from flask import Blueprint, Response, current_app, request
 
 from ..store import LIST_FIELDS
 from . import queries
 from .api import error, get_store, register_errors
+from .inspect import InspectError
 from .queries import IndexWalk, QueryError, TaskQuery
 
 logger = logging.getLogger(__name__)
@@ -241,7 +244,11 @@ def task_types() -> Any:
     return _json({"task-types": sorted(get_store().task_names())})
 
 
-def flower_worker(worker: dict[str, Any]) -> dict[str, Any]:
+def flower_worker(
+    worker: dict[str, Any], inspected: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    """Flower's worker shape from the stored record, then the inspect replies on top."""
+
     def loads(text: Any, default: Any) -> Any:
         try:
             return json.loads(text) if text else default
@@ -273,7 +280,7 @@ def flower_worker(worker: dict[str, Any]) -> dict[str, Any]:
         },
         "timestamp": _float(worker.get("last_heartbeat")),
         "status": worker.get("online", False),
-    }
+    } | (inspected or {})
 
 
 def _truthy(name: str) -> bool:
@@ -283,7 +290,13 @@ def _truthy(name: str) -> bool:
 @flower.get("/workers")
 def workers() -> Any:
     store = get_store()
+    inspector = current_app.extensions["monitor"].inspector
     workername = request.args.get("workername") or None
+    if _truthy("refresh"):
+        try:
+            inspector.refresh(workername)
+        except InspectError as exc:
+            return error(f"Failed to update workers: {exc}", 503)
     if workername:
         worker = store.worker(workername)
         if worker is None:
@@ -293,4 +306,4 @@ def workers() -> Any:
         found = store.workers()
     if _truthy("status"):
         return _json({w["hostname"]: bool(w["online"]) for w in found})
-    return _json({w["hostname"]: flower_worker(w) for w in found})
+    return _json({w["hostname"]: flower_worker(w, inspector.cached(w["hostname"])) for w in found})

@@ -177,11 +177,17 @@ def spec(prefix: str = "") -> dict[str, Any]:
                 _param("status", "only online status (true/false per worker)", {"type": "boolean"}),
                 _param(
                     "refresh",
-                    "accepted for compatibility; workers are always current",
+                    "ask the workers now (Celery inspect: stats, active_queues, registered,"
+                    " conf; with workername also active, scheduled, reserved, revoked);"
+                    " replies are cached for later requests",
                     {"type": "boolean"},
                 ),
             ],
-            {"200": _ok("workers by hostname"), "404": _NOT_FOUND},
+            {
+                "200": _ok("workers by hostname"),
+                "404": _NOT_FOUND,
+                "503": _ok("the broker is unreachable: {error}"),
+            },
             "flower",
         ),
         "/api/openapi.json": _get("This document", [], {"200": _ok("OpenAPI 3 document")}, "meta"),

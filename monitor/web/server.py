@@ -74,7 +74,7 @@ def build(settings: Any, events: bool = True, app: Any = None) -> tuple[Any, Any
     """The Flask app and the started receiver (or None)."""
     from . import create_app
 
-    flask_app = create_app(settings)
+    flask_app = create_app(settings, celery_app=app)
     receiver = None
     if events:
         from ..events import Receiver
