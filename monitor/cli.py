@@ -155,11 +155,6 @@ def serve_options(func: Callable[..., Any]) -> Callable[..., Any]:
             envvar="MONITOR_MESSAGE_QUEUE",
             help="Socket.IO message queue URL [MONITOR_MESSAGE_QUEUE].",
         ),
-        click.option(
-            "--auth",
-            envvar="MONITOR_AUTH",
-            help="user:password for control actions [MONITOR_AUTH].",
-        ),
     ]
     for decorator in reversed(decorators):
         func = decorator(func)

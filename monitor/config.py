@@ -143,11 +143,6 @@ class Settings:
         _optional(_REDIS_URL),
         "Socket.IO message queue (default: redis_url) so several serve processes share rooms",
     )
-    auth: str | None = _setting(
-        None,
-        _optional(str),
-        "user:password required for control actions (revoke, retry, ...); unset disables them",
-    )
     push_interval: float = _setting(
         0.2, _positive(float), "seconds between coalesced pushes to a task room (summaries: 1 s)"
     )
