@@ -57,4 +57,20 @@ def test_demo_runs_everything_and_stops_cleanly(redis_url):
     assert "celery monitor demo: open http://127.0.0.1:" in output
     assert "started an embedded redis-server" in output
     assert "stopping the worker and everything it started" in output
-    assert "Traceback" not in output.split("stopping the worker")[1]
+    # Nothing may break while stopping. The demo's failing tasks may still log
+    # their (expected) tracebacks as the worker finishes what it runs: those
+    # pass through the demo task's own code; any other traceback is a bug.
+    after_stop = output.split("stopping the worker")[1]
+    tracebacks = after_stop.split("Traceback (most recent call last):")[1:]
+    unexpected = [t for t in tracebacks if "monitor/demo_app.py" not in _frames(t)]
+    assert not unexpected, after_stop
+
+
+def _frames(traceback_text: str) -> str:
+    """The indented frame lines of one printed traceback (up to its exception line)."""
+    lines = []
+    for line in traceback_text.splitlines()[1:]:
+        if not line.startswith(" "):
+            break
+        lines.append(line)
+    return "\n".join(lines)
