@@ -120,7 +120,7 @@ class TaskEvent:
         if group != "task":
             return None
         task_id = event.get("uuid")
-        if not isinstance(task_id, str) or not task_id or len(task_id) > 255:
+        if not usable_task_id(task_id):
             raise MalformedEvent(f"task event without a usable uuid: {task_id!r}")
         state = state_for_subject(subject)
         if state not in KNOWN_STATES and not re.fullmatch(r"[A-Z0-9_]{1,64}", state):
@@ -165,6 +165,22 @@ def _unwrap_exception(exception: Any, fields: Mapping[str, Any]) -> Any:
             if ": " in line and not line.startswith(("File ", "Traceback")):
                 return line.split(": ", 1)[1]
     return exception
+
+
+#: Key suffixes of a task's own keys ({p}:task:{id}:timeline, ...): an id ending
+#: in one would name another task's key (see monitor/keys.py).
+RESERVED_ID_SUFFIXES = (":timeline", ":children")
+
+
+def usable_task_id(task_id: Any) -> bool:
+    """Celery ids are UUIDs by default, but ``task_id=`` accepts any string. An
+    id is stored when it is a non-empty string of at most 255 characters that
+    cannot collide with another task's keys."""
+    return (
+        isinstance(task_id, str)
+        and 0 < len(task_id) <= 255
+        and not task_id.endswith(RESERVED_ID_SUFFIXES)
+    )
 
 
 def _timestamp(value: Any) -> float:

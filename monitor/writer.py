@@ -54,6 +54,18 @@ def _after_fork_in_child() -> None:
 os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
+def rejected_by_script(exc: Exception) -> bool:
+    """Did the write script fail on the batch's content (a wrong key type, a Lua
+    error), as opposed to a Redis that is away, read-only, out of memory or busy?"""
+    text = str(exc)
+    return (
+        isinstance(exc, redis.ResponseError)
+        and not isinstance(exc, redis.exceptions.ReadOnlyError | redis.exceptions.OutOfMemoryError)
+        and "user_script" in text
+        and not text.startswith(("OOM", "READONLY", "BUSY", "NOSCRIPT", "LOADING", "MASTERDOWN"))
+    )
+
+
 class BufferedWriter:
     def __init__(
         self,
@@ -85,7 +97,8 @@ class BufferedWriter:
         self._closing = False
         self._write_lock = threading.Lock()
         self.dropped = 0  # since start, in this process
-        self._dropped_unreported = 0
+        #: {prefix}:meta counters not yet added in Redis (dropped:<source>, ...)
+        self._unreported: dict[str, int] = {}
         self.written = 0
         self.failures = 0
         self.redis_ok = True
@@ -100,13 +113,22 @@ class BufferedWriter:
                         self._cond.wait(0.5)
                 else:
                     self._buffer.popleft()
-                    self.dropped += 1
-                    self._dropped_unreported += 1
+                    self._count_drops(1)
             self._buffer.append(record)
             if len(self._buffer) >= self.batch_size:
                 self._cond.notify_all()
         if self._thread is None:
             self._start()
+
+    def count(self, name: str, n: int = 1) -> None:
+        """Add ``n`` to the counter ``name`` of ``{prefix}:meta`` with the next write."""
+        with self._cond:
+            self._unreported[name] = self._unreported.get(name, 0) + n
+
+    def _count_drops(self, n: int) -> None:  # the caller holds self._cond
+        self.dropped += n
+        key = f"dropped:{self.source}"
+        self._unreported[key] = self._unreported.get(key, 0) + n
 
     def pending(self) -> int:
         return len(self._buffer)
@@ -137,33 +159,60 @@ class BufferedWriter:
             if overflow > 0 and not self.block_when_full:
                 for _ in range(overflow):
                     self._buffer.popleft()
-                self.dropped += overflow
-                self._dropped_unreported += overflow
+                self._count_drops(overflow)
 
     def _write(self, batch: list[Record]) -> None:
         if self._store is None:
             self._store = self._store_factory()
-        self._store.apply(batch)
-        if self._dropped_unreported:
-            n, self._dropped_unreported = self._dropped_unreported, 0
+        if batch:
             try:
-                self._store.incr_meta({f"dropped:{self.source}": n})
+                self._store.apply(batch)
+            except redis.ResponseError as exc:
+                if not rejected_by_script(exc):
+                    raise
+                self._write_one_by_one(batch, exc)
+        with self._cond:
+            counters, self._unreported = self._unreported, {}
+        if counters:
+            try:
+                self._store.incr_meta(counters)
             except redis.RedisError:
-                self._dropped_unreported += n
+                with self._cond:
+                    for name, n in counters.items():
+                        self._unreported[name] = self._unreported.get(name, 0) + n
                 raise
+
+    def _write_one_by_one(self, batch: list[Record], exc: Exception) -> None:
+        """The script rejected the batch for one of its records (a task id that names
+        another task's key, ...): write the records one by one and drop only those
+        rejected again. Replaying a record already written is a harmless duplicate."""
+        assert self._store is not None
+        rejected: list[Record] = []
+        for record in batch:
+            try:
+                self._store.apply([record])
+            except redis.ResponseError as again:
+                if not rejected_by_script(again):
+                    raise
+                rejected.append(record)
+        if rejected:
+            logger.warning(
+                "monitor: Redis rejected %d record(s), dropped (%s); first: %.300r",
+                len(rejected),
+                exc,
+                rejected[0],
+            )
+            with self._cond:
+                self._count_drops(len(rejected))
 
     def flush_once(self) -> bool:
         """Write one batch now. False when Redis refused it (the batch is kept)."""
         with self._write_lock:
             batch = self._take()
-            if not batch and not self._dropped_unreported:
+            if not batch and not self._unreported:
                 return True
             try:
-                if batch:
-                    self._write(batch)
-                elif self._store is not None:
-                    self._store.incr_meta({f"dropped:{self.source}": self._dropped_unreported})
-                    self._dropped_unreported = 0
+                self._write(batch)
             except (redis.RedisError, OSError) as exc:
                 self._give_back(batch)
                 self.failures += 1
@@ -176,11 +225,11 @@ class BufferedWriter:
                 self.redis_ok = False
                 return False
             except Exception:
-                # A record Redis rejects for its content (never expected): drop
-                # the batch rather than retry it forever, and say so.
+                # A bug of ours (a record we cannot even encode): drop the batch
+                # rather than retry it forever, and say so.
                 logger.exception("monitor: dropping a batch of %d records", len(batch))
-                self.dropped += len(batch)
-                self._dropped_unreported += len(batch)
+                with self._cond:
+                    self._count_drops(len(batch))
                 return True
             if not self.redis_ok:
                 logger.warning("monitor: Redis is back; writing resumed")
@@ -201,7 +250,7 @@ class BufferedWriter:
                     # flush_interval (latency bound).
                     self._cond.wait(self.flush_interval)
                 closing = self._closing
-            if self._buffer or self._dropped_unreported:
+            if self._buffer or self._unreported:
                 if self.flush_once():
                     backoff = BACKOFF_START
                 else:
@@ -216,7 +265,7 @@ class BufferedWriter:
         if self._pid != os.getpid():
             return True
         deadline = time.monotonic() + timeout
-        while self._buffer or self._dropped_unreported:
+        while self._buffer or self._unreported:
             if time.monotonic() >= deadline:
                 return False
             if not self.flush_once():

@@ -263,3 +263,27 @@ def test_publish_without_worker_is_pending(settings, store, redis_url):
         import redis as redis_lib
 
         redis_lib.Redis.from_url(broker).delete(queue)
+
+
+def test_hooks_skip_a_custom_task_id_that_would_collide_and_count_it(settings, store):
+    """task_id= accepts any string; one naming another task's key is skipped, counted
+    as malformed, and does not disturb the tasks around it."""
+    queue = f"nobody-{uuid.uuid4().hex[:8]}"
+    broker = "redis://127.0.0.1:6379/3"
+    app = Celery("producer", broker=broker)
+    app.conf.task_default_queue = queue
+    monitor.signals.connect(app, redis_url=settings.redis_url, prefix=settings.prefix)
+    try:
+        app.send_task(T + "add", (1, 2), task_id="order:7")  # colons are fine
+        app.send_task(T + "add", (1, 2), task_id="order:7:timeline")  # would be order:7's
+        app.send_task(T + "add", (3, 4), task_id="order:8")
+        wait_for(lambda: store.get_task("order:7") and store.get_task("order:8"), 10)
+        wait_for(lambda: store.meta().get("malformed:signal") == 1, 10, what="skip counted")
+        assert store.get_task("order:7")["timeline"][0]["state"] == "PENDING"
+        assert store.redis.type(store.keys.timeline("order:7")) == "list"
+    finally:
+        monitor.signals.disconnect()
+        app.close()
+        import redis as redis_lib
+
+        redis_lib.Redis.from_url(broker).delete(queue)

@@ -98,6 +98,10 @@ def test_worker_events():
         {"type": "task-<script>", "uuid": "a", "timestamp": 1.0},
         {"type": "worker-heartbeat", "timestamp": 1.0},  # no hostname
         {"type": "worker-dance", "hostname": "w", "timestamp": 1.0},
+        # ids that would name another task's timeline or children key
+        {"type": "task-received", "uuid": "a:timeline", "timestamp": 1.0},
+        {"type": "task-received", "uuid": "a:children", "timestamp": 1.0},
+        {"type": "task-received", "uuid": "x" * 256, "timestamp": 1.0},
     ],
 )
 def test_malformed_events_raise_a_clear_error(body):
@@ -164,3 +168,10 @@ def test_describe_lists_every_setting():
         "MONITOR_REDIS_URL" in names and "MONITOR_PREFIX" in names and "MONITOR_BROKER_URL" in names
     )
     assert len(names) == len(set(names))
+
+
+def test_custom_task_ids_are_usable_unless_they_collide_with_key_suffixes():
+    assert model.usable_task_id("user:42:welcome-mail")  # custom task_id= with colons
+    assert model.usable_task_id("d0c5e1a2-0000-4000-8000-000000000000")
+    for bad in ("", None, 42, "a:timeline", "a:children", "x" * 256):
+        assert not model.usable_task_id(bad)

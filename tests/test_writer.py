@@ -96,3 +96,21 @@ def test_close_flushes_everything(private_redis):
         writer.put(event(i))
     assert writer.close(timeout=5)
     assert store.redis.zcard(store.keys.tasks) == 300
+
+
+def test_a_record_the_script_rejects_is_dropped_alone_and_the_writer_goes_on(private_redis):
+    store, writer = make_writer(private_redis, batch_size=100)
+    writer.put(event(1))
+    wait_for(lambda: store.get_task("t1"), what="t1 stored")
+    # "t1:timeline" (only constructible by bypassing the model's check) names
+    # t1's timeline list: Redis answers WRONGTYPE for the whole batch.
+    poison = TaskEvent("t1:timeline", "SUCCESS", time.time(), "signal", "w", {"name": "n"})
+    for record in (event(2), poison, event(3)):
+        writer.put(record)
+    wait_for(lambda: store.get_task("t2") and store.get_task("t3"), what="its batch mates stored")
+    assert writer.dropped == 1 and writer.redis_ok
+    wait_for(lambda: store.meta().get("dropped:signal") == 1, what="the drop counted")
+    assert store.redis.type(store.keys.timeline("t1")) == "list"  # t1 untouched
+    writer.put(event(4))  # not wedged on the rejected batch
+    wait_for(lambda: store.get_task("t4"), what="later records still flow")
+    writer.close()

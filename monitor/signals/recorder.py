@@ -14,7 +14,7 @@ import time
 from typing import Any
 
 from ..config import Settings
-from ..model import TaskEvent, WorkerEvent
+from ..model import TaskEvent, WorkerEvent, usable_task_id
 from ..store import Store, redis_client
 from ..writer import BufferedWriter
 
@@ -40,6 +40,7 @@ class Recorder:
         #: this worker's node name, known in the parent after worker_ready;
         #: parent-side signals (hard time limit) have no request to ask.
         self.worker_hostname: str | None = None
+        self._skipped_ids_logged: set[Any] = set()  # log each unusable id once
 
     def _make_store(self) -> Store:
         client = redis_client(
@@ -58,7 +59,16 @@ class Recorder:
     ) -> None:
         if not task_id:
             return
+        if not usable_task_id(task_id):
+            self._skip_task_id(task_id)
+            return
         self.writer.put(TaskEvent(task_id, state, time.time(), "signal", hostname, fields))
+
+    def _skip_task_id(self, task_id: Any) -> None:
+        self.writer.count("malformed:signal")  # shown with the malformed events
+        if task_id not in self._skipped_ids_logged and len(self._skipped_ids_logged) < 100:
+            self._skipped_ids_logged.add(task_id)
+            logger.warning("monitor: not recording task id %.300r (unusable as a key)", task_id)
 
     def worker(self, hostname: str | None, kind: str, **fields: Any) -> None:
         if not hostname:
