@@ -12,10 +12,8 @@ The prefix is deleted at the end.
 from __future__ import annotations
 
 import argparse
-import os
 import statistics
 import subprocess
-import sys
 import time
 import uuid
 
@@ -23,7 +21,7 @@ import requests
 
 from bench.fill_store import NAMES, bench_settings, fill
 from monitor.store import Store, redis_client
-from tests.helpers import ROOT, free_port, stop_process, wait_for
+from tests.helpers import clean_env, free_port, http_get, start_serve, stop_process, wait_for
 
 TARGET_P95_MS = 25.0
 
@@ -48,34 +46,18 @@ def main() -> None:
         seconds = fill(store, args.tasks)
         print(f"filled in {seconds:.0f}s; {store.redis.zcard(store.keys.tasks):,} tasks stored")
         port = free_port()
-        env = {k: v for k, v in os.environ.items() if not k.startswith("MONITOR_")}
-        env["MONITOR_MAX_TASKS"] = str(settings.max_tasks)
-        proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "monitor",
-                "serve",
-                "--no-events",
-                "--port",
-                str(port),
-                "--redis",
-                args.redis,
-                "--prefix",
-                prefix,
-            ],
-            cwd=ROOT,
-            env=env,
-            start_new_session=True,
+        proc = start_serve(
+            args.redis,
+            prefix,
+            port,
+            env=clean_env(MONITOR_MAX_TASKS=str(settings.max_tasks)),
             stderr=subprocess.DEVNULL,
         )
         base = f"http://127.0.0.1:{port}"
 
         def up() -> bool:
-            try:
-                return requests.get(base + "/api/v1/task-names", timeout=2).ok
-            except requests.RequestException:
-                return False
+            response = http_get(base + "/api/v1/task-names")
+            return response is not None and response.ok
 
         wait_for(up, 60, 0.2, "serve")
         session = requests.Session()

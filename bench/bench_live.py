@@ -16,21 +16,18 @@ writers do (their own flush interval, 0.1 s by default, comes on top).
 from __future__ import annotations
 
 import argparse
-import os
 import statistics
 import subprocess
-import sys
 import threading
 import time
 import uuid
 
-import requests
 import socketio
 
 from monitor.config import Settings
 from monitor.model import TaskEvent
 from monitor.store import Store, redis_client
-from tests.helpers import ROOT, free_port, stop_process, wait_for
+from tests.helpers import free_port, http_get, start_serve, stop_process, wait_for
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -78,26 +75,7 @@ def main() -> None:
     settings = Settings(redis_url=args.redis, prefix=prefix, max_tasks=1_000_000)
     store = Store(redis_client(args.redis), settings)
     port = free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("MONITOR_")}
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "monitor",
-            "serve",
-            "--no-events",
-            "--port",
-            str(port),
-            "--redis",
-            args.redis,
-            "--prefix",
-            prefix,
-        ],
-        cwd=ROOT,
-        env=env,
-        start_new_session=True,
-        stderr=subprocess.DEVNULL,
-    )
+    proc = start_serve(args.redis, prefix, port, stderr=subprocess.DEVNULL)
     client = socketio.Client()
     lock = threading.Lock()
     arrived: dict[str, float] = {}
@@ -119,10 +97,8 @@ def main() -> None:
     try:
 
         def up() -> bool:
-            try:
-                return requests.get(f"http://127.0.0.1:{port}/api/v1/workers", timeout=2).ok
-            except requests.RequestException:
-                return False
+            response = http_get(f"http://127.0.0.1:{port}/api/v1/workers")
+            return response is not None and response.ok
 
         wait_for(up, 60, 0.2, "serve")
         client.connect(f"http://127.0.0.1:{port}", transports=[args.transport], wait_timeout=10)

@@ -58,6 +58,42 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+def clean_env(**extra: str) -> dict[str, str]:
+    """This environment without MONITOR_* variables, plus ``extra``: a subprocess
+    gets only the settings its test gives it, never the developer's."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MONITOR_")}
+    env.update(extra)
+    return env
+
+
+def start_module(module: str, *args: str, env: dict[str, str] | None = None, **popen: Any):
+    """``python -m <module> <args>`` from the repository root, in a session of its
+    own (stop_process signals its whole group), with :func:`clean_env` by default."""
+    return subprocess.Popen(
+        [sys.executable, "-m", module, *args],
+        cwd=ROOT,
+        env=clean_env() if env is None else env,
+        start_new_session=True,
+        **popen,
+    )
+
+
+def start_serve(redis_url: str, prefix: str, port: int, *extra: str, **popen: Any):
+    """``python -m monitor serve`` without the event receiver (see start_module)."""
+    serve_args = ["--port", str(port), "--no-events", "--redis", redis_url, "--prefix", prefix]
+    return start_module("monitor", "serve", *serve_args, *extra, **popen)
+
+
+def http_get(url: str, timeout: float = 2.0) -> Any:
+    """The response, or None while nothing answers (for wait_for)."""
+    import requests  # a dev dependency; the worker helpers above do not need it
+
+    try:
+        return requests.get(url, timeout=timeout)
+    except requests.RequestException:
+        return None
+
+
 def stop_process(proc: subprocess.Popen, timeout: float = 15.0) -> None:
     """Stop a process we started (by PID): SIGTERM, then SIGKILL its group."""
     if proc.poll() is not None:

@@ -6,15 +6,12 @@ Screenshots for the README are written to docs/screenshots/.
 
 from __future__ import annotations
 
-import os
 import subprocess
-import sys
 import time
 import uuid
 from pathlib import Path
 
 import pytest
-import requests
 from celery import Celery
 
 import monitor.signals
@@ -22,7 +19,18 @@ from monitor.config import Settings
 from monitor.model import TaskEvent
 from monitor.store import Store, redis_client
 
-from .helpers import IN_CI, REDIS_URL, ROOT, WorkerProcess, free_port, stop_process, wait_for
+from .helpers import (
+    IN_CI,
+    REDIS_URL,
+    ROOT,
+    WorkerProcess,
+    clean_env,
+    free_port,
+    http_get,
+    start_module,
+    stop_process,
+    wait_for,
+)
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 CHROMIUM = "/usr/bin/chromium"
@@ -45,35 +53,18 @@ class Serve:
         return f"http://127.0.0.1:{self.port}"
 
     def start(self) -> Serve:
-        env = {k: v for k, v in os.environ.items() if not k.startswith("MONITOR_")}
-        env["MONITOR_ENABLE_EVENTS"] = "false"
-        self.proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "monitor",
-                "serve",
-                "--port",
-                str(self.port),
-                "--redis",
-                REDIS_URL,
-                "--prefix",
-                self.prefix,
-                "--broker",
-                BROKER,
-            ],
-            cwd=ROOT,
-            env=env,
-            start_new_session=True,
+        self.proc = start_module(
+            "monitor",
+            *("serve", "--port", str(self.port), "--redis", REDIS_URL, "--prefix", self.prefix),
+            *("--broker", BROKER),
+            env=clean_env(MONITOR_ENABLE_EVENTS="false"),
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
 
         def up():
-            try:
-                return requests.get(self.url + "/api/v1/workers", timeout=2).ok
-            except requests.RequestException:
-                return False
+            response = http_get(self.url + "/api/v1/workers")
+            return response is not None and response.ok
 
         wait_for(up, 30, 0.1, what="serve answering")
         return self

@@ -2,21 +2,17 @@
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 
-import requests
-
-from .helpers import ROOT, free_port, stop_process, wait_for
+from .helpers import ROOT, clean_env, free_port, http_get, start_module, stop_process, wait_for
 
 
 def run(*args, env=None):
-    base = {k: v for k, v in os.environ.items() if not k.startswith("MONITOR_")}
     return subprocess.run(
         [sys.executable, "-m", "monitor", *args],
         cwd=ROOT,
-        env={**base, **(env or {})},
+        env=clean_env(**(env or {})),
         capture_output=True,
         text=True,
         timeout=60,
@@ -44,37 +40,15 @@ def test_bad_values_exit_2_naming_the_setting():
 
 def test_celery_sub_command_serves_the_app(settings, redis_url):
     port = free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("MONITOR_")}
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "celery",
-            "-A",
-            "tests.workerapp",
-            "monitor",
-            "--port",
-            str(port),
-            "--no-events",
-            "--redis",
-            redis_url,
-            "--prefix",
-            settings.prefix,
-        ],
-        cwd=ROOT,
-        env=env,
-        start_new_session=True,
+    proc = start_module(
+        "celery",
+        *("-A", "tests.workerapp", "monitor", "--port", str(port), "--no-events"),
+        *("--redis", redis_url, "--prefix", settings.prefix),
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
     try:
-
-        def workers():
-            try:
-                return requests.get(f"http://127.0.0.1:{port}/api/v1/workers", timeout=2)
-            except requests.RequestException:
-                return None
-
+        workers = lambda: http_get(f"http://127.0.0.1:{port}/api/v1/workers")  # noqa: E731
         assert wait_for(workers, 30, 0.2).json() == {"workers": []}
     finally:
         stop_process(proc)

@@ -5,34 +5,20 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
-import sys
 
 import pytest
 import requests
 
-from .helpers import ROOT, free_port, wait_for
+from .helpers import free_port, start_module, wait_for
 
 pytestmark = pytest.mark.slow
 
 
 def test_demo_runs_everything_and_stops_cleanly(redis_url):
     port = free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("MONITOR_")}
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "monitor",
-            "demo",
-            "--port",
-            str(port),
-            "--rate",
-            "10",
-            "--embedded-redis",
-        ],
-        cwd=ROOT,
-        env=env,
-        start_new_session=True,
+    proc = start_module(
+        "monitor",
+        *("demo", "--port", str(port), "--rate", "10", "--embedded-redis"),
         text=True,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,

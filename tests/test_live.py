@@ -7,44 +7,28 @@ clients subscribed to the matching rooms, coalesced.
 
 from __future__ import annotations
 
-import os
 import subprocess
-import sys
 import threading
 import time
 from collections import defaultdict
 
 import pytest
-import requests
 import socketio
 
 from monitor.model import TaskEvent
 
-from .helpers import ROOT, free_port, stop_process, wait_for
+from . import helpers
+from .helpers import free_port, http_get, stop_process, wait_for
 
 T0 = time.time()
 
 
 def start_serve(settings, port: int, *extra: str) -> subprocess.Popen:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("MONITOR_")}
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "monitor",
-            "serve",
-            "--port",
-            str(port),
-            "--no-events",
-            "--redis",
-            settings.redis_url,
-            "--prefix",
-            settings.prefix,
-            *extra,
-        ],
-        cwd=ROOT,
-        env=env,
-        start_new_session=True,
+    proc = helpers.start_serve(
+        settings.redis_url,
+        settings.prefix,
+        port,
+        *extra,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
         text=True,
@@ -53,10 +37,8 @@ def start_serve(settings, port: int, *extra: str) -> subprocess.Popen:
     def up():
         if proc.poll() is not None:
             raise AssertionError(f"serve exited: {proc.stderr.read()}")
-        try:
-            return requests.get(f"http://127.0.0.1:{port}/api/v1/workers", timeout=1).ok
-        except requests.RequestException:
-            return False
+        response = http_get(f"http://127.0.0.1:{port}/api/v1/workers", timeout=1)
+        return response is not None and response.ok
 
     wait_for(up, 30, 0.1, "serve to answer")
     return proc

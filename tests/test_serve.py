@@ -2,51 +2,26 @@
 
 from __future__ import annotations
 
-import os
 import subprocess
-import sys
 import time
 
-import requests
 import socketio
 
 from monitor.config import Settings
 from monitor.model import TaskEvent
 from monitor.store import Store, redis_client
 
-from .helpers import ROOT, RedisServer, free_port, stop_process, wait_for
+from .helpers import RedisServer, free_port, http_get, start_serve, stop_process, wait_for
 
 
 def _serve(redis_url: str, prefix: str, port: int) -> subprocess.Popen:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("MONITOR_")}
-    return subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "monitor",
-            "serve",
-            "--port",
-            str(port),
-            "--no-events",
-            "--redis",
-            redis_url,
-            "--prefix",
-            prefix,
-        ],
-        cwd=ROOT,
-        env=env,
-        start_new_session=True,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
+    return start_serve(
+        redis_url, prefix, port, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
     )
 
 
 def _get(port: int, path: str):
-    try:
-        return requests.get(f"http://127.0.0.1:{port}{path}", timeout=3)
-    except requests.RequestException:
-        return None
+    return http_get(f"http://127.0.0.1:{port}{path}", timeout=3)
 
 
 def test_serve_answers_workers_and_stops_cleanly(settings, store):

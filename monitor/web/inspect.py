@@ -98,7 +98,3 @@ class WorkerInspector:
     def cached(self, hostname: str) -> dict[str, Any]:
         with self._lock:
             return dict(self._cache.get(hostname, {}))
-
-    def close(self) -> None:
-        if self._app is not None:
-            self._app.close()
