@@ -5,8 +5,9 @@ A publisher process sends N synthetic but realistic task lifecycles (task-sent,
 received, started, succeeded or failed, with worker heartbeats) onto the
 ``celeryev`` exchange of a private Redis broker, either one event per message
 or in Celery's batched ``task.multi`` lists (24 events, Celery's buffer size).
-The monitor's receiver counts as done when every task sits in the SUCCESS or
-FAILURE index of its own private Redis; Flower 2.x (``flower.events.Events``,
+The monitor's receiver (reading Redis pub/sub directly, and again through
+kombu's consumer, the path it takes on RabbitMQ) counts as done when every task
+sits in the SUCCESS or FAILURE index of its own private Redis; Flower 2.x (``flower.events.Events``,
 its real consumer and state, in memory only) when its state has seen every event.
 Each consumer runs in a fresh process of its own (Flower's consumer thread has
 no stop, and a leftover one would eat the next run's CPU).
@@ -192,7 +193,9 @@ def probe(broker_url: str, host: str) -> None:
         )
 
 
-def run_monitor(broker: str, store_url: str, events: list[dict], n: int, batched: bool) -> float:
+def run_monitor(
+    broker: str, store_url: str, events: list[dict], n: int, batched: bool, direct: bool = True
+) -> float:
     prefix = f"bench-{uuid.uuid4().hex[:6]}"
     settings = Settings(
         redis_url=store_url,
@@ -204,7 +207,7 @@ def run_monitor(broker: str, store_url: str, events: list[dict], n: int, batched
         buffer_size=50_000,
     )
     store = Store(redis_client(store_url), settings)
-    receiver = Receiver(settings).start()
+    receiver = Receiver(settings, direct_redis=direct).start()
     try:
         wait_for(lambda: probe(broker, "probe") or store.worker("probe"), 30, 0.2)
         keys = [store.keys.by_state("SUCCESS"), store.keys.by_state("FAILURE")]
@@ -295,15 +298,27 @@ def main() -> None:
     redis.Redis.from_url(broker.url).config_set("client-output-buffer-limit", "pubsub 0 0 0")
     events = lifecycles(opts.tasks)
     print(f"{opts.tasks:,} task lifecycles = {len(events):,} events per run")
-    print(f"{'stream':<28}{'monitor ev/s':>14}{'flower ev/s':>14}{'ratio':>8}")
+    print(
+        f"{'stream':<28}{'monitor ev/s':>14}{'via kombu':>12}{'flower ev/s':>14}{'ratio':>8}"
+        f"{'kombu ratio':>13}"
+    )
     try:
         for batched in (False, True):
             ours = len(events) / isolated(
                 run_monitor, broker.url, store.url, events, opts.tasks, batched
             )
+            # the same receiver reading the broker through kombu's consumer
+            # (as on RabbitMQ) instead of Redis pub/sub directly
+            via_kombu = len(events) / isolated(
+                run_monitor, broker.url, store.url, events, opts.tasks, batched, False
+            )
             theirs = len(events) / isolated(run_flower, broker.url, events, batched)
             label = "task.multi lists of 24" if batched else "one event per message"
-            print(f"{label:<28}{ours:>14,.0f}{theirs:>14,.0f}{ours / theirs:>7.1f}x", flush=True)
+            print(
+                f"{label:<28}{ours:>14,.0f}{via_kombu:>12,.0f}{theirs:>14,.0f}"
+                f"{ours / theirs:>7.1f}x{via_kombu / theirs:>12.1f}x",
+                flush=True,
+            )
         print("monitor: durable in Redis (indexes, timeline, counters); flower: in memory only")
     finally:
         broker.stop()

@@ -14,7 +14,6 @@ Usable as a library (``Receiver(settings).start()`` / ``.stop()``, embedded in
 
 from __future__ import annotations
 
-import json
 import logging
 import threading
 import time
@@ -26,6 +25,7 @@ from celery import Celery
 from celery.events.event import get_exchange
 from kombu import Connection, Consumer, Queue
 
+from . import fastjson, redis_fanout
 from .config import Settings
 from .model import MalformedEvent, TaskEvent
 from .store import Store
@@ -53,7 +53,7 @@ def make_app(settings: Settings, app: Celery | None = None) -> Celery:
 def decode_body(message: Any) -> Any:
     """The body of an event message.
 
-    Celery events are plain JSON: ``json.loads`` decodes them directly, skipping
+    Celery events are plain JSON: orjson decodes them directly, skipping
     kombu's serializer registry and the decoder object it builds per message
     (a third of the consumer's time at 10k events/s). Anything else
     (compression, another serializer, kombu's tagged types such as datetimes)
@@ -67,13 +67,23 @@ def decode_body(message: Any) -> Any:
         and isinstance(body, bytes | str)
         and ('"__type__"' if isinstance(body, str) else b'"__type__"') not in body
     ):
-        return json.loads(body)
+        return fastjson.loads(body)
     return message.decode()
 
 
 class Receiver:
-    def __init__(self, settings: Settings, app: Celery | None = None) -> None:
+    """Consume the broker's events into the store.
+
+    ``direct_redis`` (on by default) reads a Redis broker's pub/sub directly
+    (:mod:`monitor.redis_fanout`); off, or on any other broker, events come
+    through a kombu consumer.
+    """
+
+    def __init__(
+        self, settings: Settings, app: Celery | None = None, *, direct_redis: bool = True
+    ) -> None:
         self.settings = settings
+        self.direct_redis = direct_redis
         self.app = make_app(settings, app)
         self.writer = BufferedWriter(
             lambda: Store.from_settings(settings),
@@ -149,31 +159,64 @@ class Receiver:
         )
 
     def _consume(self) -> None:
-        with Connection(self.app.conf.broker_url, heartbeat=10) as conn:
+        # The app's connection: its broker_transport_options (global_keyprefix,
+        # fanout_prefix ...), TLS and failover settings apply, as for its workers.
+        with self.app.connection_for_read(heartbeat=10) as conn:
             conn.ensure_connection(max_retries=1)
-            channel = conn.channel()
-            consumer = Consumer(
-                channel,
-                queues=[self._queue(conn)],
-                on_message=self._on_raw_message,
-                on_decode_error=self._on_decode_error,
-                no_ack=True,
-                accept=["json", "application/json"],
-            )
-            with consumer:
-                if not self.connected.is_set():
-                    logger.warning("monitor: event receiver connected to %s", conn.as_uri())
-                self.connected.set()
-                last_meta = time.monotonic()
-                while not self._stop.is_set():
-                    try:
-                        conn.drain_events(timeout=0.5)
-                    except TimeoutError:
-                        conn.heartbeat_check()
-                    if time.monotonic() - last_meta > 1.0:
-                        self._report_malformed()
-                        last_meta = time.monotonic()
+            if self.direct_redis and conn.transport.driver_type == "redis":
+                self._consume_redis_pubsub(conn)
+            else:
+                self._consume_kombu(conn)
         self._report_malformed()
+
+    def _consume_redis_pubsub(self, conn: Connection) -> None:
+        pubsub = redis_fanout.subscribe(conn.default_channel, self.app.conf.event_exchange)
+        try:
+            self._connected(conn)
+            last_meta = time.monotonic()
+            on_payload = self._on_payload
+            while not self._stop.is_set():
+                for payload in redis_fanout.payloads(pubsub, timeout=0.5):
+                    on_payload(payload)
+                if time.monotonic() - last_meta > 1.0:
+                    self._report_malformed()
+                    last_meta = time.monotonic()
+        finally:
+            pubsub.close()
+
+    def _on_payload(self, payload: bytes) -> None:
+        try:
+            body = redis_fanout.decode(payload)
+        except Exception as exc:  # not kombu's envelope, or a body no serializer takes
+            self._count_malformed(f"undecodable message ({type(exc).__name__}: {exc})")
+            return
+        self._on_message(body, None)
+
+    def _connected(self, conn: Connection) -> None:
+        if not self.connected.is_set():
+            logger.warning("monitor: event receiver connected to %s", conn.as_uri())
+        self.connected.set()
+
+    def _consume_kombu(self, conn: Connection) -> None:
+        consumer = Consumer(
+            conn.channel(),
+            queues=[self._queue(conn)],
+            on_message=self._on_raw_message,
+            on_decode_error=self._on_decode_error,
+            no_ack=True,
+            accept=["json", "application/json"],
+        )
+        with consumer:
+            self._connected(conn)
+            last_meta = time.monotonic()
+            while not self._stop.is_set():
+                try:
+                    conn.drain_events(timeout=0.5)
+                except TimeoutError:
+                    conn.heartbeat_check()
+                if time.monotonic() - last_meta > 1.0:
+                    self._report_malformed()
+                    last_meta = time.monotonic()
 
     def _on_raw_message(self, message: Any) -> None:
         try:

@@ -12,6 +12,7 @@ exactly the state Celery's own in-memory ``State`` would compute.
 from __future__ import annotations
 
 import ast
+import datetime
 import json
 import math
 import re
@@ -222,6 +223,9 @@ def as_text(value: Any) -> str:
         return repr(value)
     if isinstance(value, bytes):
         return value.decode("utf-8", "replace")
+    if isinstance(value, datetime.datetime | datetime.date):
+        # kombu's JSON turns a tagged datetime (an eta, an expires) back into one
+        return value.isoformat()
     return to_json(value)
 
 

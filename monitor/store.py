@@ -22,7 +22,7 @@ from typing import Any
 
 import redis
 
-from . import model
+from . import fastjson, model
 from .config import Settings
 from .keys import Keys
 from .model import TaskEvent, WorkerEvent
@@ -209,8 +209,8 @@ class Store:
         self._config_for = s
         return self._config_json
 
-    def encode_batch(self, events: Iterable[TaskEvent | WorkerEvent]) -> str:
-        return json.dumps([self.record(e) for e in events], ensure_ascii=False)
+    def encode_batch(self, events: Iterable[TaskEvent | WorkerEvent]) -> bytes:
+        return fastjson.dumps([self.record(e) for e in events])
 
     def apply(
         self, events: Sequence[TaskEvent | WorkerEvent], now: float | None = None
@@ -220,7 +220,7 @@ class Store:
             return BatchResult(0, 0, 0, 0)
         return self.apply_encoded(self.encode_batch(events), now)
 
-    def apply_encoded(self, payload: str, now: float | None = None) -> BatchResult:
+    def apply_encoded(self, payload: bytes | str, now: float | None = None) -> BatchResult:
         now = time.time() if now is None else now
         result = self._apply_script(keys=self._script_keys, args=[payload, self._config(), now])
         return BatchResult(*(int(x) for x in result))

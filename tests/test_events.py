@@ -21,9 +21,12 @@ from .helpers import ROOT, WorkerProcess, stop_process, wait_for
 BROKER = "redis://127.0.0.1:6379/5"
 
 
-@pytest.fixture
-def receiver(settings, redis_url):
-    receiver = Receiver(settings.replace(broker_url=BROKER, enable_events=False)).start()
+@pytest.fixture(params=[True, False], ids=["direct-pubsub", "kombu-consumer"])
+def receiver(request, settings, redis_url):
+    """Both ways of reading a Redis broker: its pub/sub directly, and kombu's consumer."""
+    receiver = Receiver(
+        settings.replace(broker_url=BROKER, enable_events=False), direct_redis=request.param
+    ).start()
     yield receiver
     receiver.stop()
 
@@ -34,11 +37,15 @@ def publish():
     conn = Connection(BROKER)
     producer = Producer(conn.channel(), exchange=Exchange("celeryev", type="fanout"))
 
-    def send(body, content_type="application/json", routing_key="task.multi"):
+    def send(body, content_type="application/json", routing_key="task.multi", **options):
         if not isinstance(body, bytes | str):
             body = json.dumps(body)
         producer.publish(
-            body, routing_key=routing_key, content_type=content_type, content_encoding="utf-8"
+            body,
+            routing_key=routing_key,
+            content_type=content_type,
+            content_encoding="utf-8",
+            **options,
         )
 
     yield send
@@ -69,9 +76,22 @@ def test_batched_lists_and_custom_events(receiver, publish, store):
             ev("task-progress", "a", current=5, total=10),
         ]
     )
-    publish(ev("task-succeeded", "a", result="'done'", runtime=0.5), routing_key="task.succeeded")
+    # compressed and kombu-tagged bodies take kombu's decoders (on both paths)
+    publish(
+        ev("task-succeeded", "a", result="'done'", runtime=0.5),
+        routing_key="task.succeeded",
+        compression="zlib",
+    )
+    publish(
+        json.dumps(ev("task-received", "tagged", name="proj.tagged", eta="x")).replace(
+            '"eta": "x"', '"eta": {"__type__": "datetime", "__value__": "2026-01-02T03:04:05"}'
+        ),
+        routing_key="task.received",
+    )
     task = wait_for(lambda: (t := store.get_task("a")) and t["state"] == "SUCCESS" and t)
     assert [e["state"] for e in task["timeline"]] == ["RECEIVED", "STARTED", "PROGRESS", "SUCCESS"]
+    tagged = wait_for(lambda: store.get_task("tagged"))
+    assert tagged["eta"] == "2026-01-02T03:04:05" and tagged["name"] == "proj.tagged"
     assert json.loads(task["progress"]) == {"current": 5, "total": 10}
     assert task["result"] == "'done'" and task["worker"] == "w1"
 
@@ -81,6 +101,8 @@ def test_malformed_and_hostile_input_is_skipped_or_stored_safely(receiver, publi
     hostile = "<img src=x onerror=alert(1)><script>alert(2)</script>"
     publish(b"{this is not json", content_type="application/json")
     publish(b"\x00\xff\xfe binary", content_type="application/octet-stream")
+    publish(b"\x80\x04K\x01.", content_type="application/x-python-serialize")  # pickle: never
+    publish({"type": "task-received", "uuid": "bigint", "timestamp": time.time(), "n": 2**70})
     publish(["garbage", 42, None, {"no": "type"}])
     publish(ev("task-received", "", name="no uuid"))
     publish({"type": "task-failed", "timestamp": "soon", "uuid": "x"})
@@ -96,9 +118,11 @@ def test_malformed_and_hostile_input_is_skipped_or_stored_safely(receiver, publi
     assert task["args"].endswith(f"… [truncated: {10 * 1024 * 1024} bytes]")
     assert int(task["args_truncated"]) == 10 * 1024 * 1024
     assert store.get_task("y") is None and store.get_task("x") is None
-    # not-JSON, undecodable, 4 garbage items, no uuid, bad timestamp, bad type
-    wait_for(lambda: store.meta().get("malformed:event", 0) >= 8, what="malformed counted")
-    assert receiver.malformed >= 8
+    # an integer beyond 64 bits (orjson reads it as a float) loses no event
+    assert float(wait_for(lambda: store.get_task("bigint"))["n"]) == float(2**70)
+    # not-JSON, undecodable, pickle, 4 garbage items, no uuid, bad timestamp, bad type
+    wait_for(lambda: store.meta().get("malformed:event", 0) >= 9, what="malformed counted")
+    assert receiver.malformed >= 9
 
 
 def test_events_command_records_a_real_worker(settings, store, redis_url):
@@ -141,3 +165,44 @@ def test_events_command_records_a_real_worker(settings, store, redis_url):
         app.close()
     output = proc.stdout.read().decode()
     assert "event receiver connected" in output
+
+
+@pytest.mark.parametrize(
+    "transport_options",
+    [
+        {"global_keyprefix": "tenant-a:"},
+        {"fanout_prefix": False},
+        {"fanout_patterns": False},
+        {"fanout_prefix": "/custom."},
+    ],
+    ids=["global_keyprefix", "no-fanout-prefix", "no-fanout-patterns", "custom-fanout-prefix"],
+)
+def test_direct_pubsub_follows_the_apps_transport_options(settings, store, transport_options):
+    """The direct path asks kombu for the topic names, so a Celery app's own
+    broker_transport_options reach it: events that Celery's dispatcher sends
+    with those options (to topics the default names would miss) are stored."""
+    app = Celery("opts", broker=BROKER)
+    app.conf.broker_transport_options = transport_options
+    receiver = Receiver(settings.replace(enable_events=False), app=app, direct_redis=True).start()
+    task_id = f"opt-{uuid.uuid4().hex[:8]}"
+    try:
+        with app.connection_for_write() as conn:
+            dispatcher = app.events.Dispatcher(
+                conn, hostname="w-opts", enabled=True, buffer_while_offline=False
+            )
+
+            def probe():
+                dispatcher.send("worker-heartbeat", freq=2.0)
+                return store.worker("w-opts")
+
+            wait_for(probe, 30, 0.3, what="receiver listening")
+            dispatcher.send("task-received", uuid=task_id, name="proj.opts", args="()", kwargs="{}")
+            dispatcher.send("task-succeeded", uuid=task_id, result="1", runtime=0.1)
+            task = wait_for(
+                lambda: (t := store.get_task(task_id)) and t["state"] == "SUCCESS" and t
+            )
+            assert task["name"] == "proj.opts" and task["worker"] == "w-opts"
+            dispatcher.close()
+    finally:
+        receiver.stop()
+        app.close()
