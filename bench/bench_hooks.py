@@ -5,7 +5,10 @@ Tasks are queued first, then a worker is started and timed from its first to
 its last task (task_prerun/postrun timestamps in the result backend would add
 work of their own, so the test counts completions in the queue instead).
 
-    python -m bench.bench_hooks [--tasks 10000] [--rounds 2]
+    python -m bench.bench_hooks [--tasks 10000] [--rounds 2] [--variant MONITOR_X=1 ...]
+
+Each ``--variant`` adds a hooked worker run with those ``MONITOR_*`` settings to
+every round (comma-separated pairs), to compare settings side by side.
 """
 
 from __future__ import annotations
@@ -26,7 +29,9 @@ STORE_URL = "redis://127.0.0.1:6379/0"
 T = "tests.workerapp."
 
 
-def run_once(tasks: int, hooks: bool, store_url: str = STORE_URL) -> float:
+def run_once(
+    tasks: int, hooks: bool, store_url: str = STORE_URL, env: dict[str, str] | None = None
+) -> float:
     broker = f"redis://127.0.0.1:6379/{BROKER_DB}"
     queue = f"bench-hooks-{uuid.uuid4().hex[:6]}"
     prefix = f"bench-hooks-{uuid.uuid4().hex[:6]}"
@@ -39,7 +44,13 @@ def run_once(tasks: int, hooks: bool, store_url: str = STORE_URL) -> float:
     app.close()
     assert client.llen(queue) == tasks
     worker = WorkerProcess(
-        broker=broker, queue=queue, prefix=prefix, hooks=hooks, concurrency=2, redis_url=store_url
+        broker=broker,
+        queue=queue,
+        prefix=prefix,
+        hooks=hooks,
+        concurrency=2,
+        redis_url=store_url,
+        extra_env=env,
     )
     worker.start()
     start = time.perf_counter()  # from "ready": start-up is not per-task cost
@@ -71,20 +82,33 @@ def main() -> None:
         action="store_true",
         help="store in a redis-server of its own, not the broker's",
     )
+    parser.add_argument(
+        "--variant",
+        action="append",
+        default=[],
+        help="MONITOR_X=value[,MONITOR_Y=value]: one more hooked run per round with these",
+    )
     opts = parser.parse_args()
     own = RedisServer().start() if opts.own_redis else None
     store_url = own.url if own else STORE_URL
     print(f"store: {'its own redis-server' if own else 'the broker redis-server'} ({store_url})")
-    without, with_ = [], []
+    variants: dict[str, dict[str, str] | None] = {"with hooks": None}
+    for spec in opts.variant:
+        variants[f"with {spec}"] = dict(pair.split("=", 1) for pair in spec.split(","))
+    without: list[float] = []
+    with_: dict[str, list[float]] = {label: [] for label in variants}
     for r in range(opts.rounds):
         without.append(run_once(opts.tasks, hooks=False, store_url=store_url))
-        with_.append(run_once(opts.tasks, hooks=True, store_url=store_url))
-        print(f"round {r + 1}: without {without[-1]:,.0f} tasks/s, with {with_[-1]:,.0f} tasks/s")
-    a, b = max(without), max(with_)
-    print(
-        f"best of {opts.rounds}: without hooks {a:,.0f} tasks/s, with hooks {b:,.0f} tasks/s,"
-        f" ratio {b / a:.1%} (target >= 95%)"
-    )
+        line = f"round {r + 1}: without {without[-1]:,.0f} tasks/s"
+        for label, env in variants.items():
+            with_[label].append(run_once(opts.tasks, hooks=True, store_url=store_url, env=env))
+            line += f", {label} {with_[label][-1]:,.0f}"
+        print(line, flush=True)
+    a = max(without)
+    print(f"best of {opts.rounds}: without hooks {a:,.0f} tasks/s")
+    for label, runs in with_.items():
+        b = max(runs)
+        print(f"  {label}: {b:,.0f} tasks/s, ratio {b / a:.1%} (target >= 95%)")
     if own:
         own.stop()
 

@@ -106,17 +106,28 @@ class BufferedWriter:
     # -- producer side -------------------------------------------------------
     def put(self, record: Record) -> None:
         """Queue one record. Never raises; never blocks unless ``block_when_full``."""
-        with self._cond:
-            if len(self._buffer) >= self.capacity:
-                if self.block_when_full:
-                    while len(self._buffer) >= self.capacity and not self._closing:
-                        self._cond.wait(0.5)
-                else:
-                    self._buffer.popleft()
-                    self._count_drops(1)
-            self._buffer.append(record)
-            if len(self._buffer) >= self.batch_size:
-                self._cond.notify_all()
+        buffer = self._buffer
+        if self.block_when_full:
+            with self._cond:
+                while len(buffer) >= self.capacity and not self._closing:
+                    self._cond.wait(0.5)
+                buffer.append(record)
+                if len(buffer) >= self.batch_size:
+                    self._cond.notify_all()
+        else:
+            # The hooks' path, inside the user's task: no lock unless full.
+            # deque.append is atomic, and the writer takes records under its
+            # lock with popleft, also atomic. Several threads putting at once
+            # may overshoot capacity by a record or two: harmless.
+            if len(buffer) >= self.capacity:
+                with self._cond:
+                    if len(buffer) >= self.capacity:
+                        buffer.popleft()
+                        self._count_drops(1)
+            buffer.append(record)
+            if len(buffer) == self.batch_size:
+                with self._cond:
+                    self._cond.notify_all()
         if self._thread is None:
             self._start()
 
