@@ -292,3 +292,51 @@ def test_hooks_skip_a_custom_task_id_that_would_collide_and_count_it(settings, s
         import redis as redis_lib
 
         redis_lib.Redis.from_url(broker).delete(queue)
+
+
+def test_a_pool_process_ended_by_sigterm_writes_its_buffer_first(settings, store):
+    """A hard time limit and revoke(terminate=True) end a pool process with
+    SIGTERM (SIGKILL 0.1 s later for the time limit). billiard turns it into
+    SystemExit, so the hooks' exit flush writes what the process still buffers
+    (here every record: its flush interval is 30 s) before it dies."""
+    broker = "redis://127.0.0.1:6379/5"
+    queue = f"q-{settings.prefix}"
+    worker = WorkerProcess(
+        broker=broker,
+        queue=queue,
+        prefix=settings.prefix,
+        concurrency=1,  # one pool process runs everything, in order
+        extra_env={"MONITOR_FLUSH_INTERVAL": "30"},
+    )
+    app = Celery("producer", broker=broker, backend="redis://127.0.0.1:6379/1")
+    app.conf.task_default_queue = queue
+
+    def child_states(task_id):
+        task = store.get_task(task_id)
+        return [e["state"] for e in task["timeline"] if "signal" in e["sources"]] if task else []
+
+    try:
+        worker.start()
+        done = app.send_task(T + "add", (1, 2))
+        assert done.get(timeout=30) == 3  # ran; its records wait in the child's buffer
+        limited = app.send_task(T + "hard_limit")  # SIGTERM after 1 s, then SIGKILL
+        # well within the 30 s flush interval: only the SIGTERM flush can write these
+        wait_for(lambda: "SUCCESS" in child_states(done.id), 15, what="add's SUCCESS")
+        assert "STARTED" in child_states(done.id)
+        wait_for(lambda: "STARTED" in child_states(limited.id), 15, what="hard_limit's STARTED")
+
+        running = app.send_task(T + "sleep", (60,))
+        wait_for(
+            lambda: any(
+                t["id"] == running.id
+                for ts in (app.control.inspect(timeout=1).active() or {}).values()
+                for t in ts
+            ),
+            30,
+            what="sleep running",
+        )
+        app.control.revoke(running.id, terminate=True)  # SIGTERM by default
+        wait_for(lambda: "STARTED" in child_states(running.id), 15, what="sleep's STARTED")
+    finally:
+        worker.stop()
+        app.close()
