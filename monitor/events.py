@@ -24,6 +24,7 @@ import redis
 from celery import Celery
 from celery.events.event import get_exchange
 from kombu import Connection, Consumer, Queue
+from kombu.transport import redis as kombu_redis
 
 from . import fastjson, redis_fanout
 from .config import Settings
@@ -96,6 +97,8 @@ class Receiver:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self.connected = threading.Event()
+        #: how the broker is read, once connected (log line, tests)
+        self.reading: str | None = None
         self.received = 0
         self.malformed = 0
         self._malformed_unreported = 0
@@ -163,7 +166,9 @@ class Receiver:
         # fanout_prefix ...), TLS and failover settings apply, as for its workers.
         with self.app.connection_for_read(heartbeat=10) as conn:
             conn.ensure_connection(max_retries=1)
-            if self.direct_redis and conn.transport.driver_type == "redis":
+            # kombu's own Redis transports (plain and Sentinel): their wire format
+            # is what redis_fanout reads; any other transport goes through kombu.
+            if self.direct_redis and isinstance(conn.transport, kombu_redis.Transport):
                 self._consume_redis_pubsub(conn)
             else:
                 self._consume_kombu(conn)
@@ -172,7 +177,7 @@ class Receiver:
     def _consume_redis_pubsub(self, conn: Connection) -> None:
         pubsub = redis_fanout.subscribe(conn.default_channel, self.app.conf.event_exchange)
         try:
-            self._connected(conn)
+            self._connected(conn, "reading its pub/sub directly")
             last_meta = time.monotonic()
             on_payload = self._on_payload
             while not self._stop.is_set():
@@ -192,9 +197,10 @@ class Receiver:
             return
         self._on_message(body, None)
 
-    def _connected(self, conn: Connection) -> None:
+    def _connected(self, conn: Connection, how: str) -> None:
+        self.reading = how
         if not self.connected.is_set():
-            logger.warning("monitor: event receiver connected to %s", conn.as_uri())
+            logger.warning("monitor: event receiver connected to %s (%s)", conn.as_uri(), how)
         self.connected.set()
 
     def _consume_kombu(self, conn: Connection) -> None:
@@ -207,7 +213,7 @@ class Receiver:
             accept=["json", "application/json"],
         )
         with consumer:
-            self._connected(conn)
+            self._connected(conn, "through a kombu consumer")
             last_meta = time.monotonic()
             while not self._stop.is_set():
                 try:

@@ -69,6 +69,8 @@ def ev(type_, task_id, **fields):
 
 def test_batched_lists_and_custom_events(receiver, publish, store):
     ready(receiver, publish, store)
+    expected = "reading its pub/sub directly" if receiver.direct_redis else "through a kombu"
+    assert receiver.reading.startswith(expected)
     publish(
         [
             ev("task-received", "a", name="proj.a", args="(1,)", kwargs="{}", retries=0),
@@ -196,6 +198,7 @@ def test_direct_pubsub_follows_the_apps_transport_options(settings, store, trans
                 return store.worker("w-opts")
 
             wait_for(probe, 30, 0.3, what="receiver listening")
+            assert receiver.reading == "reading its pub/sub directly"
             dispatcher.send("task-received", uuid=task_id, name="proj.opts", args="()", kwargs="{}")
             dispatcher.send("task-succeeded", uuid=task_id, result="1", runtime=0.1)
             task = wait_for(

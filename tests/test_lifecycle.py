@@ -69,6 +69,9 @@ def running_cluster(mode, broker_url, settings, store):
     if receiver is not None:
         receiver.start()
         wait_receiver_listening(producer, store)
+        # Redis brokers are read through their pub/sub, RabbitMQ through kombu
+        direct = broker_url.startswith("redis")
+        assert receiver.reading.startswith("reading its pub/sub" if direct else "through a kombu")
     worker = WorkerProcess(
         broker=broker_url, queue=queue, prefix=settings.prefix, hooks=hooks, events=events
     )
