@@ -26,7 +26,7 @@ from celery.events.event import get_exchange
 from kombu import Connection, Consumer, Queue
 from kombu.transport import redis as kombu_redis
 
-from . import fastjson, redis_fanout
+from . import redis_fanout
 from .config import Settings
 from .model import MalformedEvent, TaskEvent
 from .store import Store
@@ -52,24 +52,13 @@ def make_app(settings: Settings, app: Celery | None = None) -> Celery:
 
 
 def decode_body(message: Any) -> Any:
-    """The body of an event message.
-
-    Celery events are plain JSON: orjson decodes them directly, skipping
-    kombu's serializer registry and the decoder object it builds per message
-    (a third of the consumer's time at 10k events/s). Anything else
-    (compression, another serializer, kombu's tagged types such as datetimes)
-    takes kombu's own path, which also enforces the ``accept`` list.
-    """
-    body = message.body
-    if (
-        message.content_type == "application/json"
-        and message.content_encoding in ("utf-8", "utf8", None)
-        and not (message.headers or {}).get("compression")
-        and isinstance(body, bytes | str)
-        and ('"__type__"' if isinstance(body, str) else b'"__type__"') not in body
-    ):
-        return fastjson.loads(body)
-    return message.decode()
+    """The body of a kombu event message (see :func:`redis_fanout.decode_body`)."""
+    return redis_fanout.decode_body(
+        message.body,
+        message.content_type,
+        message.content_encoding,
+        (message.headers or {}).get("compression"),
+    )
 
 
 class Receiver:
@@ -103,6 +92,7 @@ class Receiver:
         self.malformed = 0
         self._malformed_unreported = 0
         self._last_malformed_log = 0.0
+        self._last_meta = 0.0  # last _report_malformed_now_and_then
         self._meta_store: Store | None = None
 
     # -- lifecycle -------------------------------------------------------------
@@ -178,14 +168,11 @@ class Receiver:
         pubsub = redis_fanout.subscribe(conn.default_channel, self.app.conf.event_exchange)
         try:
             self._connected(conn, "reading its pub/sub directly")
-            last_meta = time.monotonic()
             on_payload = self._on_payload
             while not self._stop.is_set():
                 for payload in redis_fanout.payloads(pubsub, timeout=0.5):
                     on_payload(payload)
-                if time.monotonic() - last_meta > 1.0:
-                    self._report_malformed()
-                    last_meta = time.monotonic()
+                self._report_malformed_now_and_then()
         finally:
             pubsub.close()
 
@@ -193,7 +180,7 @@ class Receiver:
         try:
             body = redis_fanout.decode(payload)
         except Exception as exc:  # not kombu's envelope, or a body no serializer takes
-            self._count_malformed(f"undecodable message ({type(exc).__name__}: {exc})")
+            self._on_decode_error(payload, exc)
             return
         self._on_message(body, None)
 
@@ -214,15 +201,12 @@ class Receiver:
         )
         with consumer:
             self._connected(conn, "through a kombu consumer")
-            last_meta = time.monotonic()
             while not self._stop.is_set():
                 try:
                     conn.drain_events(timeout=0.5)
                 except TimeoutError:
                     conn.heartbeat_check()
-                if time.monotonic() - last_meta > 1.0:
-                    self._report_malformed()
-                    last_meta = time.monotonic()
+                self._report_malformed_now_and_then()
 
     def _on_raw_message(self, message: Any) -> None:
         try:
@@ -254,6 +238,13 @@ class Receiver:
         if now - self._last_malformed_log > MALFORMED_LOG_EVERY:
             self._last_malformed_log = now
             logger.warning("monitor: skipped a malformed event: %.300s", why)
+
+    def _report_malformed_now_and_then(self) -> None:
+        """Called from the consuming loops: one Redis write a second at most."""
+        now = time.monotonic()
+        if now - self._last_meta > 1.0:
+            self._last_meta = now
+            self._report_malformed()
 
     def _report_malformed(self) -> None:
         n = self._malformed_unreported

@@ -91,13 +91,29 @@ def decode(payload: bytes | str) -> Any:
     body = envelope["body"]
     if (envelope.get("properties") or {}).get("body_encoding") == "base64":
         body = base64.b64decode(body)
-    content_type = envelope.get("content-type")
-    content_encoding = envelope.get("content-encoding")
-    compression = (envelope.get("headers") or {}).get("compression")
+    return decode_body(
+        body,
+        envelope.get("content-type"),
+        envelope.get("content-encoding"),
+        (envelope.get("headers") or {}).get("compression"),
+    )
+
+
+def decode_body(
+    body: Any, content_type: str | None, content_encoding: str | None, compression: str | None
+) -> Any:
+    """An event message's body, on either receiver path.
+
+    Celery events are plain JSON: orjson decodes them directly, skipping
+    kombu's serializer registry and the decoder object it builds per message.
+    Anything else (compression, another serializer, kombu's tagged types such
+    as datetimes) takes kombu's own decoders, limited to :data:`ACCEPT`.
+    """
     if (
         content_type == "application/json"
         and content_encoding in _UTF8
         and not compression
+        and isinstance(body, bytes | str)
         and (b'"__type__"' if isinstance(body, bytes) else '"__type__"') not in body
     ):
         return fastjson.loads(body)

@@ -262,27 +262,16 @@ def task_postrun(
     # sees Reject(requeue=False) and Ignore, which fire no signal of their own.
     # FAILURE and RETRY come from their own signals (they carry the traceback).
     if state == states.SUCCESS:
-        hostname = task.request.hostname
-        _rec().task(
-            task_id,
-            states.SUCCESS,
-            hostname,
-            result=_repr(retval),
-            runtime=_rec().runtime(task_id),
-            worker=hostname,
-        )
+        detail = {"result": _repr(retval)}
     elif state in (states.REJECTED, states.IGNORED):
-        hostname = task.request.hostname
-        _rec().task(
-            task_id,
-            state,
-            hostname,
-            reason=_repr(retval),
-            worker=hostname,
-            runtime=_rec().runtime(task_id),
-        )
+        detail = {"reason": _repr(retval)}
     else:
         _rec().forget(task_id)
+        return
+    hostname = task.request.hostname
+    _rec().task(
+        task_id, state, hostname, runtime=_rec().runtime(task_id), worker=hostname, **detail
+    )
 
 
 @never_raise
