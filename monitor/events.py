@@ -52,12 +52,13 @@ def make_app(settings: Settings, app: Celery | None = None) -> Celery:
 
 
 def decode_body(message: Any) -> Any:
-    """The body of a kombu event message (see :func:`redis_fanout.decode_body`)."""
+    """The body of a kombu event message (see :func:`redis_fanout.decode_body`).
+
+    kombu's ``Message`` has already decompressed the body (the ``compression``
+    header stays): it is passed on as uncompressed.
+    """
     return redis_fanout.decode_body(
-        message.body,
-        message.content_type,
-        message.content_encoding,
-        (message.headers or {}).get("compression"),
+        message.body, message.content_type, message.content_encoding, None
     )
 
 
