@@ -8,17 +8,14 @@ package is installed). Everything it starts is stopped on Ctrl-C, by PID.
 
 from __future__ import annotations
 
-import gc
 import logging
 import os
-import random
 import shutil
 import signal
 import socket
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
@@ -107,16 +104,21 @@ def embedded_redis() -> Iterator[str]:
         shutil.rmtree(workdir, ignore_errors=True)
 
 
+def _demo_env(redis_url: str, settings: Settings) -> dict[str, str]:
+    """The environment of the demo's worker and producer: broker, backend and store."""
+    return {
+        **os.environ,
+        "DEMO_BROKER_URL": redis_url,
+        "DEMO_RESULT_BACKEND": redis_url,
+        "MONITOR_REDIS_URL": settings.redis_url,
+        "MONITOR_PREFIX": settings.prefix,
+    }
+
+
 @contextmanager
 def demo_worker(redis_url: str, settings: Settings) -> Iterator[subprocess.Popen]:
     """A real prefork worker running monitor.demo_app with the hooks connected."""
-    env = dict(os.environ)
-    env.update(
-        DEMO_BROKER_URL=redis_url,
-        DEMO_RESULT_BACKEND=redis_url,
-        MONITOR_REDIS_URL=settings.redis_url,
-        MONITOR_PREFIX=settings.prefix,
-    )
+    env = _demo_env(redis_url, settings)
     proc = subprocess.Popen(
         [
             sys.executable,
@@ -153,36 +155,27 @@ def demo_worker(redis_url: str, settings: Settings) -> Iterator[subprocess.Popen
                 proc.wait(5)
 
 
-def send_traffic(stop: threading.Event, rate: float = 2.0) -> None:
-    """Send a realistic mix of tasks until ``stop`` is set."""
-    from celery import chain, chord, group
-
-    from . import demo_app as d
-
-    senders = [
-        (30, lambda: d.add.delay(random.randint(1, 100), random.randint(1, 100))),
-        (10, lambda: d.resize_image.delay(f"/uploads/img_{random.randint(1, 9999)}.png")),
-        (
-            15,
-            lambda: d.send_email.delay(
-                f"user{random.randint(1, 500)}@example.com", "Your invoice", password="s3cret"
-            ),
-        ),
-        (10, lambda: d.sync_account.delay(random.randint(1, 1000))),
-        (5, lambda: d.generate_report.delay(rows=random.randint(10, 30))),
-        (5, lambda: chain(d.add.s(1, 2), d.add.s(3), d.add.s(4)).delay()),
-        (5, lambda: group(d.add.s(i, i) for i in range(4)).delay()),
-        (3, lambda: chord([d.add.s(i, 1) for i in range(3)], d.xsum.s()).delay()),
-        (2, lambda: d.add.apply_async((1, 1), countdown=30)),  # visible as PENDING
-    ]
-    weights = [w for w, _ in senders]
-    while not stop.is_set():
-        _, send = random.choices(senders, weights)[0]
-        try:
-            send()
-        except Exception:  # a demo keeps going; say what happened
-            logger.exception("demo: sending a task failed")
-        stop.wait(random.expovariate(rate))
+@contextmanager
+def demo_traffic(redis_url: str, settings: Settings, rate: float) -> Iterator[subprocess.Popen]:
+    """The producer process (monitor.demo_traffic) sending tasks at ``rate`` per second."""
+    env = _demo_env(redis_url, settings)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "monitor.demo_traffic", "--rate", str(rate)],
+        env=env,
+        # Stopped by PID (first, before the worker), not by the terminal's Ctrl-C.
+        start_new_session=True,
+    )
+    logger.info("started the demo's producer (pid %d), %.1f tasks/s", proc.pid, rate)
+    try:
+        yield proc
+    finally:
+        if proc.poll() is None:
+            proc.terminate()
+            try:
+                proc.wait(20)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(5)
 
 
 def run_demo(
@@ -191,9 +184,7 @@ def run_demo(
     """Run everything until Ctrl-C / SIGTERM."""
     from .web.server import monkey_patch, run_server
 
-    # The dashboard runs on gevent: patch before the traffic thread and its
-    # sockets exist, so they are green too (a real thread beside a patched
-    # hub crashes the interpreter at exit).
+    # The dashboard runs on gevent: patch before any socket exists.
     monkey_patch()
 
     with ExitStack() as stack:
@@ -202,21 +193,8 @@ def run_demo(
             url = stack.enter_context(embedded_redis())
         settings = settings.replace(redis_url=url, broker_url=url)
         stack.enter_context(demo_worker(url, settings))
-        # The producer side (this process) records PENDING through the hooks too.
-        os.environ.update(
-            DEMO_BROKER_URL=url,
-            DEMO_RESULT_BACKEND=url,
-            MONITOR_REDIS_URL=url,
-            MONITOR_PREFIX=settings.prefix,
-        )
-        stop = threading.Event()
-        traffic = threading.Thread(target=send_traffic, args=(stop, rate), daemon=True)
-        traffic.start()
-        # (LIFO) stop the traffic, wait for it, then collect the AsyncResults it
-        # made while their green threads can still unsubscribe cleanly.
-        stack.callback(gc.collect)
-        stack.callback(traffic.join, 5)
-        stack.callback(stop.set)
+        # (LIFO) the producer stops before the worker it sends to.
+        stack.enter_context(demo_traffic(url, settings, rate))
         base = f"http://{settings.host}:{settings.port}{settings.url_prefix}/"
         print(f"celery monitor demo: open {base}  (Ctrl-C stops everything)", flush=True)
         try:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 
@@ -43,6 +44,15 @@ def test_demo_runs_everything_and_stops_cleanly(redis_url):
     assert "celery monitor demo: open http://127.0.0.1:" in output
     assert "started an embedded redis-server" in output
     assert "stopping the worker and everything it started" in output
+    # The embedded Redis, the worker and the producer were separate processes,
+    # and every one of them is gone (the worker's pool children with it).
+    started = re.findall(
+        r"started (?:an embedded redis-server|a Celery worker|the demo's producer) \(pid (\d+)\)",
+        output,
+    )
+    assert len(started) == 3, output
+    for pid in map(int, started):
+        assert not _alive(pid), f"pid {pid} outlived the demo"
     # Nothing may break while stopping. The demo's failing tasks may still log
     # their (expected) tracebacks as the worker finishes what it runs: those
     # pass through the demo task's own code; any other traceback is a bug.
@@ -50,6 +60,14 @@ def test_demo_runs_everything_and_stops_cleanly(redis_url):
     tracebacks = after_stop.split("Traceback (most recent call last):")[1:]
     unexpected = [t for t in tracebacks if "monitor/demo_app.py" not in _frames(t)]
     assert not unexpected, after_stop
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
 
 
 def _frames(traceback_text: str) -> str:
