@@ -5,18 +5,32 @@ Tasks are queued first, then a worker is started and timed from its first to
 its last task (task_prerun/postrun timestamps in the result backend would add
 work of their own, so the test counts completions in the queue instead).
 
-    python -m bench.bench_hooks [--tasks 10000] [--rounds 2] [--variant MONITOR_X=1 ...]
+    python -m bench.bench_hooks [--tasks 10000] [--rounds 2] [--floors]
+                                [--prefetch 1] [--variant MONITOR_X=1 ...]
+
+Next to throughput it prints CPU time per task over the same window (the
+worker's parent and pool processes from /proc, plus redis-server's own
+accounting): a machine shared with other work moves wall-clock throughput by
+±15 % between rounds, CPU per task far less, so the hooks' cost is easier to
+read there.
 
 Each ``--variant`` adds a hooked worker run with those ``MONITOR_*`` settings to
 every round (comma-separated pairs), to compare settings side by side.
+``--floors`` adds three floors (tests/workerapp.py): hooks that push each
+encoded batch to a Redis list unprocessed, hooks whose records are built and
+encoded but never stored, and hooks that return at once. They show what a
+simpler design could win, and how far the machine's noise reaches.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
+import random
 import statistics
 import time
 import uuid
+from dataclasses import dataclass
 
 import redis
 from celery import Celery
@@ -30,9 +44,40 @@ STORE_URL = "redis://127.0.0.1:6379/0"
 T = "tests.workerapp."
 
 
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def tree_cpu_seconds(pid: int) -> float:
+    """User + system CPU of a live process and all its descendants (Linux /proc)."""
+    total = 0.0
+    todo = [pid]
+    while todo:
+        current = todo.pop()
+        try:
+            with open(f"/proc/{current}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+            with open(f"/proc/{current}/task/{current}/children") as f:
+                todo.extend(int(c) for c in f.read().split())
+        except (FileNotFoundError, ProcessLookupError):
+            continue  # exited meanwhile
+        total += (int(fields[11]) + int(fields[12])) / CLOCK_TICKS  # utime, stime
+    return total
+
+
+def redis_cpu_seconds(url: str) -> float:
+    info = redis.Redis.from_url(url).info("cpu")
+    return float(info["used_cpu_user"]) + float(info["used_cpu_sys"])
+
+
+@dataclass
+class Run:
+    tasks_per_second: float
+    cpu_us_per_task: float  # worker processes + redis-server(s), task window only
+
+
 def run_once(
     tasks: int, hooks: bool, store_url: str = STORE_URL, env: dict[str, str] | None = None
-) -> float:
+) -> Run:
     broker = f"redis://127.0.0.1:6379/{BROKER_DB}"
     queue = f"bench-hooks-{uuid.uuid4().hex[:6]}"
     prefix = f"bench-hooks-{uuid.uuid4().hex[:6]}"
@@ -54,6 +99,8 @@ def run_once(
         extra_env=env,
     )
     worker.start()
+    servers = {broker.rsplit("/", 1)[0], store_url.rsplit("/", 1)[0]}
+    cpu_before = tree_cpu_seconds(worker.proc.pid) + sum(map(redis_cpu_seconds, servers))
     start = time.perf_counter()  # from "ready": start-up is not per-task cost
     # done when the queue is empty and nothing is reserved: all acked (acks early)
     wait_for(
@@ -63,21 +110,37 @@ def run_once(
         what="queue drained",
     )
     elapsed = time.perf_counter() - start
+    # a last flush interval so the hooks' final batches are counted too
+    time.sleep(0.3)
+    cpu = tree_cpu_seconds(worker.proc.pid) + sum(map(redis_cpu_seconds, servers)) - cpu_before
     worker.stop()
-    if hooks:
+    if hooks and not (env or {}).get("BENCH_HOOKS_FLOOR"):
         store = redis.Redis.from_url(store_url)
         stored = store.zcard(f"{prefix}:tasks:state:SUCCESS")
         for key in store.scan_iter(f"{prefix}:*", count=1000):
             store.unlink(key)
         print(f"    (hooks stored {stored:,} of {tasks:,} tasks as SUCCESS)")
     client.delete(queue)
-    return tasks / elapsed
+    return Run(tasks / elapsed, cpu / tasks * 1e6)
+
+
+def _show(run: Run) -> str:
+    return f"{run.tasks_per_second:,.0f} tasks/s ({run.cpu_us_per_task:,.0f} us CPU/task)"
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--tasks", type=int, default=10_000)
     parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument(
+        "--prefetch",
+        type=int,
+        default=1,
+        help="worker_prefetch_multiplier of every run (tests' app: 1; Celery's default: 4)",
+    )
+    parser.add_argument(
+        "--floors", action="store_true", help="also run the push, discard and dispatch floors"
+    )
     parser.add_argument(
         "--own-redis",
         action="store_true",
@@ -96,25 +159,48 @@ def main() -> None:
     variants: dict[str, dict[str, str] | None] = {"with hooks": None}
     for spec in opts.variant:
         variants[f"with {spec}"] = dict(pair.split("=", 1) for pair in spec.split(","))
-    without: list[float] = []
-    with_: dict[str, list[float]] = {label: [] for label in variants}
+    if opts.floors:
+        variants["floor: batches pushed raw"] = {"BENCH_HOOKS_FLOOR": "push"}
+        variants["floor: records discarded"] = {"BENCH_HOOKS_FLOOR": "discard"}
+        variants["floor: handlers return at once"] = {"BENCH_HOOKS_FLOOR": "dispatch"}
+    base = {"TEST_PREFETCH_MULTIPLIER": str(opts.prefetch)}
+    without: list[Run] = []
+    with_: dict[str, list[Run]] = {label: [] for label in variants}
     for r in range(opts.rounds):
-        without.append(run_once(opts.tasks, hooks=False, store_url=store_url))
-        line = f"round {r + 1}: without {without[-1]:,.0f} tasks/s"
-        for label, env in variants.items():
-            with_[label].append(run_once(opts.tasks, hooks=True, store_url=store_url, env=env))
-            line += f", {label} {with_[label][-1]:,.0f}"
-        print(line, flush=True)
-    a = max(without)
-    print(f"best of {opts.rounds}: without hooks {a:,.0f} tasks/s")
+        # A fresh random order every round: a fixed one lets whatever the
+        # previous run leaves behind (a worker still exiting, Redis freeing
+        # its keys) always land on the same contender.
+        order: list[tuple[str, dict[str, str] | None]] = [("without", None), *variants.items()]
+        random.shuffle(order)
+        results: dict[str, Run] = {}
+        for label, env in order:
+            hooks = label != "without"
+            run_env = {**base, **(env or {})}
+            results[label] = run_once(opts.tasks, hooks=hooks, store_url=store_url, env=run_env)
+        without.append(results["without"])
+        for label in variants:
+            with_[label].append(results[label])
+        shown = "; ".join(f"{label} {_show(results[label])}" for label, _ in order)
+        print(f"round {r + 1}: {shown}", flush=True)
+    a = max(run.tasks_per_second for run in without)
+    cpu_without = statistics.median(run.cpu_us_per_task for run in without)
+    print(
+        f"best of {opts.rounds}: without hooks {a:,.0f} tasks/s;"
+        f" median CPU {cpu_without:,.0f} us/task"
+    )
     for label, runs in with_.items():
-        b = max(runs)
-        # each round's runs are back to back: their ratio cancels the slow drifts
+        b = max(run.tasks_per_second for run in runs)
+        # a round's runs are back to back: their ratio cancels the slow drifts
         # of a shared machine that best-of-N across rounds does not
-        paired = statistics.median(w / o for w, o in zip(runs, without, strict=True))
+        paired = statistics.median(
+            w.tasks_per_second / o.tasks_per_second for w, o in zip(runs, without, strict=True)
+        )
+        cpu = statistics.median(run.cpu_us_per_task for run in runs)
         print(
             f"  {label}: {b:,.0f} tasks/s, ratio {b / a:.1%};"
-            f" median of the per-round ratios {paired:.1%} (target >= 95%)"
+            f" median of the per-round ratios {paired:.1%} (target >= 95%);"
+            f" median CPU {cpu:,.0f} us/task, +{cpu - cpu_without:,.0f} us"
+            f" ({cpu_without / cpu:.1%} of the tasks per CPU-second without hooks)"
         )
     if own:
         own.stop()

@@ -2,6 +2,12 @@
 
 Configured from the environment the test sets: TEST_BROKER_URL, TEST_QUEUE,
 TEST_HOOKS=1 to connect the monitor's signal hooks (as a user would, one line).
+BENCH_HOOKS_FLOOR (bench/bench_hooks.py only) measures what simpler hooks would
+cost: ``push`` appends each encoded batch to a Redis list as it is (the least
+work durable storage can do: no precedence, indexes or timeline); ``discard``
+builds, buffers and encodes every record, then throws the batch away;
+``dispatch`` leaves the handlers connected but returns from each at once
+(Celery's own signal dispatch only).
 """
 
 from __future__ import annotations
@@ -18,9 +24,9 @@ app.conf.update(
     result_backend=os.environ.get("TEST_RESULT_BACKEND", "redis://127.0.0.1:6379/1"),
     task_default_queue=os.environ.get("TEST_QUEUE", "celery"),
     task_send_sent_event=True,
-    worker_prefetch_multiplier=1,
     broker_connection_retry_on_startup=True,
     task_acks_late=False,
+    worker_prefetch_multiplier=int(os.environ.get("TEST_PREFETCH_MULTIPLIER", "1")),
     result_expires=600,
 )
 
@@ -28,6 +34,25 @@ if os.environ.get("TEST_HOOKS") == "1":
     import monitor.signals
 
     monitor.signals.connect(app)
+    _floor = os.environ.get("BENCH_HOOKS_FLOOR")
+    if _floor in ("push", "discard"):
+        from monitor.store import BatchResult, Store
+
+        def _apply_floor(self, payload, now=None):
+            if _floor == "push":  # one round trip, the list kept short
+                key = f"{self.keys.prefix}:bench-push"
+                self.redis.pipeline(transaction=False).rpush(key, payload).ltrim(
+                    key, -10, -1
+                ).execute()
+            return BatchResult(0, 0, 0, 0)
+
+        Store.apply_encoded = _apply_floor
+    elif _floor == "dispatch":
+        from monitor.signals import _active
+
+        _active.recorder = None
+    elif _floor:
+        raise SystemExit(f"BENCH_HOOKS_FLOOR={_floor!r}: expected push, discard or dispatch")
 
 
 @app.task
