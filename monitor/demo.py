@@ -79,11 +79,7 @@ def embedded_redis() -> Iterator[str]:
             logger.info("started an embedded redis-server (pid %d) on %s", proc.pid, url)
             yield url
         finally:
-            proc.terminate()
-            try:
-                proc.wait(10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
+            _stop(proc, grace=10)
             shutil.rmtree(workdir, ignore_errors=True)
         return
     try:
@@ -102,6 +98,22 @@ def embedded_redis() -> Iterator[str]:
     finally:
         lite.shutdown()
         shutil.rmtree(workdir, ignore_errors=True)
+
+
+def _stop(proc: subprocess.Popen, grace: float, *, kill_group: bool = False) -> None:
+    """SIGTERM, then SIGKILL after ``grace`` seconds (to the whole process group
+    with ``kill_group``: a stuck worker's pool children go with it)."""
+    if proc.poll() is not None:
+        return
+    proc.terminate()
+    try:
+        proc.wait(grace)
+    except subprocess.TimeoutExpired:
+        if kill_group:
+            os.killpg(proc.pid, signal.SIGKILL)
+        else:
+            proc.kill()
+        proc.wait(5)
 
 
 def _demo_env(redis_url: str, settings: Settings) -> dict[str, str]:
@@ -144,15 +156,9 @@ def demo_worker(redis_url: str, settings: Settings) -> Iterator[subprocess.Popen
     try:
         yield proc
     finally:
-        if proc.poll() is None:
-            # Warm shutdown, to the main process only: it finishes running tasks
-            # and stops its pool children itself (signalling them kills tasks).
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(20)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait(5)
+        # Warm shutdown, to the main process only: it finishes running tasks
+        # and stops its pool children itself (signalling them kills tasks).
+        _stop(proc, grace=20, kill_group=True)
 
 
 @contextmanager
@@ -169,13 +175,7 @@ def demo_traffic(redis_url: str, settings: Settings, rate: float) -> Iterator[su
     try:
         yield proc
     finally:
-        if proc.poll() is None:
-            proc.terminate()
-            try:
-                proc.wait(20)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(5)
+        _stop(proc, grace=20)
 
 
 def run_demo(

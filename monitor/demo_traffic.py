@@ -63,8 +63,9 @@ def main(argv: list[str] | None = None) -> None:
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: stop.set())
     send_traffic(stop, args.rate)
-    # Results still pending (a group sent a moment ago) unsubscribe now, while
-    # the interpreter and the result consumer's connection are whole.
+    # Result objects caught in reference cycles unsubscribe now, while the
+    # interpreter and the result consumer's connection are whole; the rest do
+    # at exit, on this plain (not gevent) thread, where that is safe.
     gc.collect()
 
 

@@ -198,7 +198,7 @@ class Receiver:
             on_message=self._on_raw_message,
             on_decode_error=self._on_decode_error,
             no_ack=True,
-            accept=["json", "application/json"],
+            accept=redis_fanout.ACCEPT,  # the same list on both paths
         )
         with consumer:
             self._connected(conn, "through a kombu consumer")

@@ -27,7 +27,7 @@ from kombu.serialization import loads
 
 from . import fastjson
 
-#: What the receiver accepts, as kombu's ``accept`` list (no pickle, ever).
+#: What the receiver accepts on either path, as kombu's ``accept`` list (no pickle, ever).
 ACCEPT = {"application/json"}
 _UTF8 = ("utf-8", "utf8", None)
 
