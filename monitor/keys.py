@@ -90,6 +90,35 @@ class Keys:
         """string: token of the serve process that tails the change feed for all."""
         return f"{self.prefix}:web:leader"
 
+    # -- authentication and audit (monitor/auth.py, monitor/audit.py) ----------
+    @property
+    def auth_users(self) -> str:
+        """hash: user name -> JSON {"role", "password" (scrypt hash), "created"}."""
+        return f"{self.prefix}:auth:users"
+
+    @property
+    def auth_tokens(self) -> str:
+        """hash: token id -> JSON {"name", "role", "secret" (sha256 hex), "created", "user"}."""
+        return f"{self.prefix}:auth:tokens"
+
+    def auth_fail_user(self, name: str) -> str:
+        """string: failed logins for one user name in the current window (TTL)."""
+        return f"{self.prefix}:auth:fail:user:{name}"
+
+    def auth_fail_addr(self, addr: str) -> str:
+        """string: failed logins from one client address in the current window (TTL)."""
+        return f"{self.prefix}:auth:fail:addr:{addr}"
+
+    @property
+    def auth_secret(self) -> str:
+        """string: the session signing key every serve process shares (when not configured)."""
+        return f"{self.prefix}:auth:secret"
+
+    @property
+    def audit(self) -> str:
+        """stream: one entry per attempted operator action, refused ones included."""
+        return f"{self.prefix}:audit"
+
     def pattern(self) -> str:
         """Glob matching every key of this prefix (tests, `monitor purge`)."""
         return f"{self.prefix}:*"

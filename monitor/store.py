@@ -1,13 +1,16 @@
-"""Every Redis command the monitor runs: the batch write script and the reads.
+"""The store: the batch write script, and the reads of single tasks, workers and stats.
 
 Writes: :meth:`Store.apply` turns a batch of :class:`~monitor.model.TaskEvent`
 and :class:`~monitor.model.WorkerEvent` into one call of ``apply_batch.lua``
 (precedence, de-duplication, timeline, indexes, counters, links, change feed
 and retention, atomically, in one round trip).
 
-Reads: tasks (one, or a filtered newest-first page), workers with their
-online/offline status, per-minute statistics, the change feed. Pipelines keep
+Reads: tasks (one, or rows for given ids), workers with their online/offline
+status, per-minute statistics, the monitor's own counters. Pipelines keep
 every read to a small, fixed number of round trips whatever the page size.
+Paged and filtered task lists are :mod:`monitor.web.queries`' (over the
+indexes this module writes); the live tier tails the change feed itself
+(:mod:`monitor.web.live`).
 """
 
 from __future__ import annotations
@@ -37,6 +40,25 @@ _MERGE_KEEP = {state: list(keep) for state, keep in model.MERGE_RULES.items()}
 JSON_FIELDS = frozenset({"args_json", "kwargs_json"})
 #: Two reports of one transition by different sources closer than this are one.
 DEDUP_WINDOW = 2.0
+#: Fields a record never sets (the script drops them): the state, the time of
+#: the last state change and each state's time are the store's own.
+OWNED_FIELDS = tuple(sorted(model.STORE_OWNED_FIELDS))
+#: Fields one record may carry; ids, names, hosts and the ids that name keys
+#: (parent_id, group_id) are at most this long. The script rejects a record
+#: beyond either: the model caps event fields well below.
+MAX_RECORD_FIELDS = 256
+MAX_KEY_PART = 512
+#: Fields a task hash may reach through extra event fields (``model.EXTRAS_MARKER``);
+#: past that, new extra fields are dropped and counted in ``fields_truncated``.
+MAX_TASK_FIELDS = 200
+#: Fields of one per-minute stats hash past which new task names count under
+#: ``__other__`` (each name takes a few fields: per state, runtime sum, count).
+STATS_FIELDS = 20_000
+#: Members of a children or group set returned with a task (the count is exact).
+MAX_MEMBERS = 1000
+#: Workers listed at most (newest first): forged hostnames age out, but a
+#: flood of them must not make every worker list read thousands of hashes.
+MAX_WORKERS = 2000
 #: A worker without a known heartbeat interval is assumed to beat this often.
 DEFAULT_HEARTBEAT_FREQ = 2.0
 #: Fields the tasks list returns per row (the detail view returns all).
@@ -80,7 +102,76 @@ def redis_client(url: str, **options: Any) -> redis.Redis:
     options.setdefault("socket_connect_timeout", 2.0)
     options.setdefault("health_check_interval", 30)
     options.setdefault("decode_responses", True)
+    # Anything may sit in Redis (written by another version, or by hand): a
+    # byte sequence that is not UTF-8 reads as U+FFFD, never an exception.
+    options.setdefault("encoding_errors", "replace")
     return redis.Redis.from_url(url, **options)
+
+
+#: Where a transition falls within one attempt. States not listed (REVOKED,
+#: custom states such as PROGRESS) can happen at any point: they keep their
+#: place in time.
+_PHASE = {"PENDING": 0, "RECEIVED": 1, "STARTED": 2, "RETRY": 3, "SUCCESS": 3, "FAILURE": 3}
+#: Two times closer than this are the same instant (clock resolution, float text).
+_SAME_INSTANT = 0.001
+
+
+def lifecycle_order(entries: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Timeline entries (as stored) in the order the lifecycle happened.
+
+    Time order, except where two hosts' clocks disagree: within one attempt a
+    worker's RECEIVED follows the producer's PENDING, STARTED follows RECEIVED
+    and the attempt's end follows STARTED, whatever their clocks say. Attempts
+    themselves may overlap (``retry()`` sends the next attempt's message, which
+    a worker may receive, before the RETRY is reported), so only the entries of
+    one attempt trade places, within the slots they hold in time order. An
+    entry's attempt is the one it names, else the count of RETRYs before it.
+    """
+    entries = sorted(entries, key=lambda e: e["t"])
+    running = 0
+    slots: dict[int, list[int]] = {}  # attempt -> positions of its fixed-phase entries
+    for i, e in enumerate(entries):
+        named = e.get("r")
+        attempt = named if isinstance(named, int) else running
+        if e["s"] in _PHASE:
+            slots.setdefault(attempt, []).append(i)
+        if e["s"] == "RETRY":
+            running = attempt + 1
+    ordered = list(entries)
+    for positions in slots.values():
+        fixed = sorted((entries[i] for i in positions), key=lambda e: (_PHASE[e["s"]], e["t"]))
+        for i, e in zip(positions, fixed, strict=True):
+            ordered[i] = e
+    return ordered
+
+
+def timeline_entry(e: dict[str, Any]) -> dict[str, Any]:
+    """One stored timeline entry as the API shows it (see the script's header)."""
+    sources = e["src"].split(",")
+    reports = [{"source": sources[0], "timestamp": e["t"]}]
+    if len(sources) > 1 and e.get("t2") is not None:
+        reports.append({"source": sources[1], "timestamp": e["t2"]})
+    entry = {
+        "state": e["s"],
+        "timestamp": e["t"],
+        "hostname": e.get("h"),
+        "sources": sources,
+        "retries": e.get("r"),
+        "reports": reports,
+    }
+    if e.get("o") is not None:
+        entry["reported_timestamp"] = e["o"]
+    if e.get("to") is not None:  # an operator's retry (monitor/actions.py): the new task
+        entry["retried_as"] = e["to"]
+    return entry
+
+
+def mark_skew(timeline: list[dict[str, Any]]) -> None:
+    """Flag entries timed before the one they follow: two clocks disagree."""
+    for prev, cur in zip(timeline, timeline[1:], strict=False):
+        gap = prev["timestamp"] - cur["timestamp"]
+        if gap > _SAME_INSTANT:
+            cur["skew"] = gap
 
 
 def _rank_table() -> dict[str, int]:
@@ -93,6 +184,8 @@ class BatchResult:
     duplicates: int
     tasks_changed: int
     trimmed: int
+    #: records dropped alone: not encodable here, or invalid for the script
+    rejected: int = 0
 
 
 class Store:
@@ -135,16 +228,21 @@ class Store:
             ]
         cap = self.settings.max_field_bytes
         short = cap // 4  # a str this long cannot exceed cap bytes in UTF-8
+        names = self.settings.redact
+        data = model.REDACTED_FIELDS if names else ()
         fields: dict[str, str] = {}
         for key, value in event.fields.items():
             if value is None:
                 continue
-            # Hot path (10k+ events/s): short strings need no conversion or cap.
-            if type(value) is str and len(value) <= short and key != "kwargs":
+            # Hot path (10k+ events/s): short strings need no conversion or cap,
+            # and a data field no redaction when no name occurs in it at all.
+            if (
+                type(value) is str
+                and len(value) <= short
+                and (key not in data or not model.mentions(value, names))
+            ):
                 fields[key] = value
                 continue
-            if key in ("kwargs", "kwargs_json") and isinstance(value, dict):
-                value = model.redact_mapping(value, self.settings.redact)
             if key in JSON_FIELDS and not isinstance(value, str):
                 # Real arguments, for a faithful retry: strict JSON or nothing
                 # (the display repr is still stored), and never cut in half.
@@ -152,25 +250,45 @@ class Store:
                     text = json.dumps(value, ensure_ascii=False, separators=(",", ":"))
                 except (TypeError, ValueError):
                     continue
+                if names and len(text) <= cap:  # longer: over the cap, not stored
+                    text = model.redact_repr(text, names)
                 if len(text) > cap // 4 and len(text.encode()) > cap:
                     fields[key + "_truncated"] = str(len(text.encode()))
                     continue
                 fields[key] = text
                 continue
             text = model.as_text(value)
-            if key in model.CAPPED_FIELDS:
+            if key in model.REDACTED_FIELDS:
+                # Cut first: a hostile 10 MB repr costs one cut, and what is
+                # scanned is exactly what is stored. Hiding a value can lengthen
+                # the text (1 -> '***'): cut again if it then exceeds the cap.
                 text, size = model.cap_text(text, cap)
+                if key in data:
+                    text = model.redact_repr(text, names)
+                    if size == 0:
+                        text, size = model.cap_text(text, cap)
                 if size:
                     fields[key + "_truncated"] = str(size)
             fields[key] = text
-        if "kwargs" in fields and self.settings.redact:
-            fields["kwargs"] = model.redact_repr(fields["kwargs"], self.settings.redact)
+        extras = fields.get(model.EXTRAS_MARKER)
+        if extras and names:  # an event's own fields: their names and their text
+            present = [name for name in extras.split(",") if name in fields]
+            # one look over all of them first: they are rarely sensitive
+            if model.mentions("\0".join([extras, *(fields[n] for n in present)]), names):
+                for name in present:
+                    fields[name] = (
+                        model.REDACTED
+                        if model.sensitive(name, names)
+                        else model.redact_repr(fields[name], names)
+                    )
         retries = event.fields.get("retries")
         if retries is not None and type(retries) is not int:
             try:
                 retries = int(retries)
-            except (TypeError, ValueError):
+            except (TypeError, ValueError, OverflowError):  # "x", NaN, inf
                 retries = None
+        if retries is not None and not -(2**53) < retries < 2**53:
+            retries = None  # the script's numbers are doubles
         return [
             "t",
             event.task_id,
@@ -204,25 +322,57 @@ class Store:
                 "dedup_window": DEDUP_WINDOW,
                 "purge_after": s.worker_purge_after,
                 "rt_buckets": [[b, bucket_label(b)] for b in RUNTIME_BUCKETS],
+                "clock_skew": s.clock_skew,
+                "max_fields": MAX_RECORD_FIELDS,
+                "max_key_len": MAX_KEY_PART,
+                "max_task_fields": MAX_TASK_FIELDS,
+                "stats_fields": STATS_FIELDS,
+                "owned": list(OWNED_FIELDS),
             }
         )
         self._config_for = s
         return self._config_json
 
-    def encode_batch(self, events: Iterable[TaskEvent | WorkerEvent]) -> bytes:
-        return fastjson.dumps([self.record(e) for e in events])
+    def encode_batch(self, events: Iterable[TaskEvent | WorkerEvent]) -> tuple[bytes, int]:
+        """The script's payload, and how many records could not be encoded.
+
+        One record that cannot be encoded (a user's object whose repr raises, a
+        value JSON cannot hold) is dropped alone, never its batch.
+        """
+        events = list(events)
+        try:
+            return fastjson.dumps([self.record(e) for e in events]), 0
+        except Exception:  # noqa: BLE001 - any failure: find the culprits one by one
+            pass
+        parts, bad = [], 0
+        for event in events:
+            try:
+                parts.append(fastjson.dumps(self.record(event)))
+            except Exception as exc:  # noqa: BLE001 - a hostile value, not our bug
+                bad += 1
+                logger.warning("monitor: dropped a record that cannot be encoded: %.200s", exc)
+        return b"[" + b",".join(parts) + b"]", bad
 
     def apply(
         self, events: Sequence[TaskEvent | WorkerEvent], now: float | None = None
     ) -> BatchResult:
-        """Store a batch atomically. Raises redis errors: callers decide to retry or drop."""
+        """Store a batch atomically. Raises redis errors: callers decide to retry or drop.
+
+        Records that cannot be stored (not encodable, or invalid for the script)
+        are skipped alone and counted in ``BatchResult.rejected``.
+        """
         if not events:
             return BatchResult(0, 0, 0, 0)
-        return self.apply_encoded(self.encode_batch(events), now)
+        payload, bad = self.encode_batch(events)
+        result = self.apply_encoded(payload, now)
+        result.rejected += bad
+        return result
 
     def apply_encoded(self, payload: bytes | str, now: float | None = None) -> BatchResult:
         now = time.time() if now is None else now
-        result = self._apply_script(keys=self._script_keys, args=[payload, self._config(), now])
+        result = self._apply_script(
+            keys=self._script_keys, args=[payload, self._config(), repr(float(now))]
+        )
         return BatchResult(*(int(x) for x in result))
 
     def incr_meta(self, counters: dict[str, int]) -> None:
@@ -242,27 +392,32 @@ class Store:
         pipe = self.redis.pipeline(transaction=False)
         pipe.hgetall(self.keys.task(task_id))
         pipe.lrange(self.keys.timeline(task_id), 0, -1)
-        pipe.smembers(self.keys.children(task_id))
-        fields, raw_timeline, children = pipe.execute()
+        self._members(pipe, self.keys.children(task_id))
+        fields, raw_timeline, children_total, children = pipe.execute()
         if not fields:
             return None
-        timeline = sorted((json.loads(e) for e in raw_timeline), key=lambda e: e["t"])
+        timeline = lifecycle_order([json.loads(e) for e in raw_timeline])
         task: dict[str, Any] = dict(fields)
         task["id"] = task_id
-        task["timeline"] = [
-            {
-                "state": e["s"],
-                "timestamp": e["t"],
-                "hostname": e.get("h"),
-                "sources": e["src"].split(","),
-                "retries": e.get("r"),
-            }
-            for e in timeline
-        ]
+        task["timeline"] = [timeline_entry(e) for e in timeline]
+        mark_skew(task["timeline"])
         task["children"] = sorted(children)
+        task["children_total"] = int(children_total)
         group_id = fields.get("group_id")
-        task["group"] = sorted(self.redis.smembers(self.keys.group(group_id))) if group_id else []
+        task["group"], task["group_total"] = [], 0
+        if group_id:
+            pipe = self.redis.pipeline(transaction=False)
+            self._members(pipe, self.keys.group(group_id))
+            total, members = pipe.execute()
+            task["group"], task["group_total"] = sorted(members), int(total)
         return task
+
+    @staticmethod
+    def _members(pipe: Any, key: str) -> None:
+        """Queue SCARD and up to MAX_MEMBERS members of a set (a task may start
+        100,000 children: one detail must not read them all)."""
+        pipe.scard(key)
+        pipe.srandmember(key, MAX_MEMBERS)
 
     def get_tasks(self, ids: Sequence[str], fields: Sequence[str] = LIST_FIELDS) -> list[dict]:
         """Rows for ``ids`` in order; ids whose hash is gone are skipped."""
@@ -324,8 +479,9 @@ class Store:
         return worker
 
     def workers(self, now: float | None = None) -> list[dict[str, Any]]:
+        """The MAX_WORKERS most recently heard of workers, with their status."""
         now = time.time() if now is None else now
-        hosts = self.redis.zrevrange(self.keys.workers, 0, -1)
+        hosts = self.redis.zrevrange(self.keys.workers, 0, MAX_WORKERS - 1)
         pipe = self.redis.pipeline(transaction=False)
         for host in hosts:
             pipe.hgetall(self.keys.worker(host))

@@ -40,6 +40,8 @@ Record = TaskEvent | WorkerEvent
 #: Capped exponential backoff while Redis is unreachable (seconds).
 BACKOFF_START = 0.1
 BACKOFF_MAX = 5.0
+#: Seconds between two log lines about records the store refused.
+REJECTED_LOG_EVERY = 10.0
 
 
 #: Every writer of this process, reset in a forked child (prefork pool processes).
@@ -97,6 +99,8 @@ class BufferedWriter:
         self._closing = False
         self._write_lock = threading.Lock()
         self.dropped = 0  # since start, in this process
+        self.rejected = 0  # invalid records the store refused, since start
+        self._last_rejected_log = 0.0
         #: {prefix}:meta counters not yet added in Redis (dropped:<source>, ...)
         self._unreported: dict[str, int] = {}
         self.written = 0
@@ -135,6 +139,16 @@ class BufferedWriter:
         """Add ``n`` to the counter ``name`` of ``{prefix}:meta`` with the next write."""
         with self._cond:
             self._unreported[name] = self._unreported.get(name, 0) + n
+
+    def _count_rejected(self, n: int) -> None:
+        """Records the store refused alone (not encodable, invalid): bad input,
+        counted as ``malformed:<source>`` beside the receiver's and the hooks'."""
+        self.rejected += n
+        self.count(f"malformed:{self.source}", n)
+        now = time.monotonic()
+        if now - self._last_rejected_log > REJECTED_LOG_EVERY:
+            self._last_rejected_log = now
+            logger.warning("monitor: the store refused %d invalid record(s)", n)
 
     def _count_drops(self, n: int) -> None:  # the caller holds self._cond
         self.dropped += n
@@ -177,11 +191,14 @@ class BufferedWriter:
             self._store = self._store_factory()
         if batch:
             try:
-                self._store.apply(batch)
+                result = self._store.apply(batch)
             except redis.ResponseError as exc:
                 if not rejected_by_script(exc):
                     raise
                 self._write_one_by_one(batch, exc)
+            else:
+                if result.rejected:
+                    self._count_rejected(result.rejected)
         with self._cond:
             counters, self._unreported = self._unreported, {}
         if counters:
@@ -194,27 +211,30 @@ class BufferedWriter:
                 raise
 
     def _write_one_by_one(self, batch: list[Record], exc: Exception) -> None:
-        """The script rejected the batch for one of its records (a task id that names
-        another task's key, ...): write the records one by one and drop only those
-        rejected again. Replaying a record already written is a harmless duplicate."""
+        """Last resort: the script validates every record before it writes, so this
+        runs only for an error it did not foresee (a key of ours holding another
+        type, written by something else). Write the records one by one and drop
+        only those failing again. Replaying a record already written is a
+        harmless duplicate."""
         assert self._store is not None
-        rejected: list[Record] = []
+        failed: list[Record] = []
+        invalid = 0
         for record in batch:
             try:
-                self._store.apply([record])
+                invalid += self._store.apply([record]).rejected
             except redis.ResponseError as again:
                 if not rejected_by_script(again):
                     raise
-                rejected.append(record)
-        if rejected:
+                failed.append(record)
+        if failed:
             logger.warning(
                 "monitor: Redis rejected %d record(s), dropped (%s); first: %.300r",
-                len(rejected),
+                len(failed),
                 exc,
-                rejected[0],
+                failed[0],
             )
-            with self._cond:
-                self._count_drops(len(rejected))
+        if failed or invalid:
+            self._count_rejected(len(failed) + invalid)
 
     def flush_once(self) -> bool:
         """Write one batch now. False when Redis refused it (the batch is kept)."""

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -52,6 +54,17 @@ def require_service(host: str, port: int, name: str) -> None:
     pytest.skip(message + " (start it, or run .ci/run which starts it)")
 
 
+#: Debian's chromium, driven by Playwright (never a downloaded browser), and its flags.
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"]
+
+
+def require_chromium() -> None:
+    if not Path(CHROMIUM).exists():
+        message = f"{CHROMIUM} is missing (apt-get install chromium)"
+        pytest.fail(message) if IN_CI else pytest.skip(message)
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -84,6 +97,69 @@ def start_serve(redis_url: str, prefix: str, port: int, *extra: str, **popen: An
     return start_module("monitor", "serve", *serve_args, *extra, **popen)
 
 
+class ServeProcess:
+    """``python -m monitor serve`` on a port of its own that survives restarts:
+    tests stop it, kill it (SIGKILL) and start a replacement on the same port.
+
+    Without ``broker`` it runs without the event receiver; its log is kept in a
+    file for failure messages.
+    """
+
+    def __init__(
+        self,
+        redis_url: str,
+        prefix: str,
+        *,
+        broker: str | None = None,
+        env: dict[str, str] | None = None,
+    ) -> None:
+        self.port = free_port()
+        self.args = ["--port", str(self.port), "--redis", redis_url, "--prefix", prefix]
+        self.args += ["--broker", broker] if broker else ["--no-events"]
+        self.env = clean_env(MONITOR_ENABLE_EVENTS="false", **(env or {}))
+        fd, log_path = tempfile.mkstemp(prefix="monitor-test-serve-", suffix=".log")
+        os.close(fd)
+        self.log_path = Path(log_path)
+        self.proc: subprocess.Popen | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self, timeout: float = 30.0) -> ServeProcess:
+        with open(self.log_path, "a") as log:
+            self.proc = start_module(
+                "monitor", "serve", *self.args, env=self.env, stdout=log, stderr=log
+            )
+
+        def up() -> bool:
+            if self.proc is not None and self.proc.poll() is not None:
+                raise AssertionError(f"serve exited:\n{self.log()[-3000:]}")
+            response = http_get(self.url + "/api/v1/workers")
+            return response is not None and response.ok
+
+        wait_for(up, timeout, 0.1, what="serve answering")
+        return self
+
+    def get(self, path: str, timeout: float = 3.0) -> Any:
+        """GET ``path``: the response, or None while nothing answers."""
+        return http_get(self.url + path, timeout)
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def kill(self) -> None:
+        """SIGKILL, no goodbye: sockets close, leases and room registrations stay."""
+        if self.proc is not None and self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait(5)
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            stop_process(self.proc)
+        self.log_path.unlink(missing_ok=True)
+
+
 def http_get(url: str, timeout: float = 2.0) -> Any:
     """The response, or None while nothing answers (for wait_for)."""
     import requests  # a dev dependency; the worker helpers above do not need it
@@ -113,35 +189,46 @@ def stop_process(proc: subprocess.Popen, timeout: float = 15.0) -> None:
 
 
 class RedisServer:
-    """A private redis-server on its own port: tests kill and restart it freely."""
+    """A private redis-server on its own port: tests kill and restart it freely.
 
-    def __init__(self, port: int | None = None) -> None:
+    ``persistent``: an append-only file fsynced before every reply, so a
+    SIGKILL loses nothing that was acknowledged and a restart (same port, same
+    directory) comes back with every key: an outage, not a wipe.
+    """
+
+    def __init__(self, port: int | None = None, *, persistent: bool = False) -> None:
         self.port = port or free_port()
         self.proc: subprocess.Popen | None = None
+        self.dir = tempfile.mkdtemp(prefix="monitor-test-redis-") if persistent else None
 
     @property
     def url(self) -> str:
         return f"redis://127.0.0.1:{self.port}/0"
 
     def start(self) -> RedisServer:
+        persistence = ["--appendonly", "no"]
+        if self.dir is not None:
+            persistence = ["--appendonly", "yes", "--appendfsync", "always", "--dir", self.dir]
         self.proc = subprocess.Popen(
-            [
-                "redis-server",
-                "--port",
-                str(self.port),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-            ],
+            ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", ""]
+            + persistence,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
             start_new_session=True,
         )
-        wait_for(lambda: port_open("127.0.0.1", self.port), 10, what="redis-server to listen")
+        wait_for(self.answers, 10, what="redis-server to answer")
         return self
+
+    def answers(self) -> bool:
+        """Listening and done loading its data (a restarted persistent one loads first)."""
+        if self.proc is not None and self.proc.poll() is not None:
+            raise AssertionError(f"redis-server on port {self.port} exited")
+        try:
+            with socket.create_connection(("127.0.0.1", self.port), timeout=0.5) as sock:
+                sock.sendall(b"PING\r\n")
+                return sock.recv(64).startswith(b"+PONG")
+        except OSError:
+            return False
 
     def kill(self) -> None:
         if self.proc and self.proc.poll() is None:
@@ -152,6 +239,105 @@ class RedisServer:
     def stop(self) -> None:
         if self.proc:
             stop_process(self.proc)
+        if self.dir is not None:
+            shutil.rmtree(self.dir, ignore_errors=True)
+
+
+class RabbitMQNode:
+    """A private RabbitMQ node (its own name, ports, data and logs in a temporary
+    directory) that tests kill and restart without touching the shared one.
+
+    Started through rabbitmq-server's own script, in a session of its own: the
+    script and the Erlang VM share a process group, signalled by the script's PID.
+    """
+
+    SERVER = "/usr/lib/rabbitmq/bin/rabbitmq-server"
+
+    def __init__(self) -> None:
+        self.port = free_port()
+        self.dist_port = free_port()
+        self.name = f"monitortest{self.port}@localhost"
+        self.dir = Path(tempfile.mkdtemp(prefix="monitor-test-rabbitmq-"))
+        self.proc: subprocess.Popen | None = None
+        config = self.dir / "rabbitmq.conf"
+        config.write_text(f"listeners.tcp.local = 127.0.0.1:{self.port}\n")
+        (self.dir / "enabled_plugins").write_text("[].\n")  # no management plugin: no port
+        (self.dir / "rabbitmq-env.conf").write_text("")  # not the system node's NODENAME
+        self.env = {
+            **os.environ,
+            "RABBITMQ_NODENAME": self.name,
+            "RABBITMQ_NODE_IP_ADDRESS": "127.0.0.1",
+            "RABBITMQ_NODE_PORT": str(self.port),
+            "RABBITMQ_DIST_PORT": str(self.dist_port),
+            "RABBITMQ_CONFIG_FILE": str(config),
+            "RABBITMQ_CONF_ENV_FILE": str(self.dir / "rabbitmq-env.conf"),
+            "RABBITMQ_ENABLED_PLUGINS_FILE": str(self.dir / "enabled_plugins"),
+            "RABBITMQ_PLUGINS_EXPAND_DIR": str(self.dir / "plugins"),
+            "RABBITMQ_MNESIA_BASE": str(self.dir / "mnesia"),
+            "RABBITMQ_LOG_BASE": str(self.dir / "log"),
+            "ERL_EPMD_ADDRESS": "127.0.0.1",
+            "ERL_FLAGS": "-kernel inet_dist_use_interface {127,0,0,1}",
+        }
+
+    @classmethod
+    def available(cls) -> bool:
+        return os.access(cls.SERVER, os.X_OK)
+
+    @property
+    def url(self) -> str:
+        return f"amqp://guest:guest@127.0.0.1:{self.port}//"
+
+    def start(self, timeout: float = 90.0) -> RabbitMQNode:
+        self._log = open(self.dir / "server.out", "a")  # noqa: SIM115 - closed in kill/stop
+        self.proc = subprocess.Popen(
+            [self.SERVER],
+            cwd=self.dir,
+            env=self.env,
+            stdin=subprocess.DEVNULL,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        wait_for(self.answers, timeout, 0.1, what=f"RabbitMQ node {self.name}")
+        return self
+
+    def answers(self) -> bool:
+        if self.proc is not None and self.proc.poll() is not None:
+            raise AssertionError(f"rabbitmq-server exited:\n{self.log()[-3000:]}")
+        try:  # an AMQP handshake: the listener opens last, when the node has booted
+            with socket.create_connection(("127.0.0.1", self.port), timeout=1) as sock:
+                sock.sendall(b"AMQP\x00\x00\x09\x01")
+                return sock.recv(8)[:1] == b"\x01"  # a method frame (connection.start)
+        except OSError:
+            return False
+
+    def log(self) -> str:
+        try:
+            return (self.dir / "server.out").read_text(errors="replace")
+        except FileNotFoundError:
+            return ""
+
+    def kill(self) -> None:
+        """SIGKILL the node (a crash): its connections drop at once."""
+        if self.proc is not None and self.proc.poll() is None:
+            # The Erlang VM first, so that the script reaps it and exits (killed
+            # together, the VM could outlive its parent as an unreaped zombie).
+            pid = self.proc.pid
+            children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+            for child in children:
+                os.kill(int(child), signal.SIGKILL)
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                os.killpg(pid, signal.SIGKILL)
+                self.proc.wait(5)
+            self._log.close()
+        wait_for(lambda: not port_open("127.0.0.1", self.port), 10, what="AMQP port closed")
+
+    def stop(self) -> None:
+        # Killed, not stopped cleanly (seconds saved): its data is thrown away.
+        self.kill()
+        shutil.rmtree(self.dir, ignore_errors=True)
 
 
 class WorkerProcess:
@@ -169,6 +355,7 @@ class WorkerProcess:
         hostname: str | None = None,
         concurrency: int = 2,
         extra_env: dict[str, str] | None = None,
+        extra_args: tuple[str, ...] = (),
         log_path: Path | None = None,
     ) -> None:
         self.broker = broker
@@ -208,6 +395,7 @@ class WorkerProcess:
         ]
         if events:
             self.args.append("-E")
+        self.args.extend(extra_args)
         self.log_path = log_path or Path(f"/tmp/monitor-test-worker-{queue}.log")
         self.proc: subprocess.Popen | None = None
 

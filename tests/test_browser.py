@@ -6,7 +6,10 @@ Screenshots for the README are written to docs/screenshots/.
 
 from __future__ import annotations
 
+import json
 import subprocess
+import sys
+import tempfile
 import time
 import uuid
 from pathlib import Path
@@ -16,7 +19,7 @@ from celery import Celery
 
 import monitor.signals
 from monitor.config import Settings
-from monitor.model import TaskEvent
+from monitor.model import TaskEvent, WorkerEvent
 from monitor.store import Store, redis_client
 
 from .helpers import (
@@ -35,9 +38,20 @@ from .helpers import (
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 CHROMIUM = "/usr/bin/chromium"
 SHOTS = ROOT / "docs" / "screenshots"
+#: Screenshots of hostile data, for a human to look at (not in the README).
+REVIEW_SHOTS = Path(tempfile.gettempdir()) / "monitor-screenshots"
 BROKER = "redis://127.0.0.1:6379/9"
 T = "tests.workerapp."
 HOSTILE = "<img src=x onerror=window.__pwned=1>"
+#: Collects every Content-Security-Policy violation a page reports, from before its
+#: first script runs (add it with ``context.add_init_script``).
+CSP_PROBE = """
+window.__csp = [];
+document.addEventListener("securitypolicyviolation", function (e) {
+  window.__csp.push(e.violatedDirective + " " + (e.blockedURI || "inline") + " " +
+                    (e.sourceFile || "") + ":" + e.lineNumber);
+});
+"""
 
 
 class Serve:
@@ -147,9 +161,9 @@ def finished(env, task_id, states=("SUCCESS",)):
     return wait_for(lambda: (t := store.get_task(task_id)) and t["state"] in states and t, 60)
 
 
-def shot(page, name, full_page=False):
-    SHOTS.mkdir(parents=True, exist_ok=True)
-    page.screenshot(path=str(SHOTS / f"{name}.png"), full_page=full_page)
+def shot(page, name, full_page=False, directory=SHOTS):
+    directory.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(directory / f"{name}.png"), full_page=full_page)
 
 
 def test_overview_loads_live_without_errors(env, page):
@@ -311,3 +325,255 @@ def test_page_reconnects_after_the_server_restarts(env, page):
     result = env["app"].send_task(T + "add", (40, 2))
     page.locator(f'tr[data-id="{result.id}"]').wait_for(timeout=30_000)
     assert page.evaluate("performance.getEntriesByType('navigation').length") == 1
+
+
+#: Values no formatter may choke on: years 300,000 ahead, ±1e308, NaN, text, objects.
+HOSTILE_VALUES = [
+    "9467280000000",  # year ~300,000: beyond what a JavaScript Date holds
+    9.4e12,
+    "-1e308",
+    1e308,
+    "NaN",
+    "Infinity",
+    "-0",
+    "",
+    "not a time <b>x</b>",
+    None,
+    True,
+    [1, 2],
+    {"a": {"b": 1}},
+    "\ud800",
+]
+
+
+def test_formatters_are_total(env, page):
+    page.goto(env["serve"].url + "/tasks")
+    page.wait_for_selector("table.tasks")
+    results = page.evaluate(
+        """values => values.flatMap(v => ["fmtTime", "fmtDuration", "fmtNum", "ago", "raw", "enc"]
+            .map(f => { try { return typeof window.monitorFormat[f](v) === "string"; }
+                        catch (e) { return f + ": " + e; } }))
+            .concat(values.flatMap(a => values.map(b => {
+              try { return typeof window.monitorFormat.fmtDelta(a, b, a) === "string"; }
+              catch (e) { return "fmtDelta: " + e; } })))""",
+        HOSTILE_VALUES,
+    )
+    assert set(results) == {True}, [r for r in results if r is not True]
+    assert page.evaluate("window.monitorFormat.fmtDelta(10, 7)") == "clocks disagree by 3.00 s"
+    assert page.evaluate("window.monitorFormat.fmtDelta(10, 12.5)") == "+2.50 s"
+    assert page.errors == []
+
+
+def write_task(store, task_id, score, **fields):
+    """A task hash written as is, bypassing the store's checks: any stored value."""
+    pipe = store.redis.pipeline()
+    pipe.hset(store.keys.task(task_id), mapping=fields)
+    pipe.zadd(store.keys.tasks, {task_id: score})
+    pipe.execute()
+
+
+def test_tasks_page_survives_any_stored_time(env, page):
+    store, now = env["store"], time.time()
+    hostile = {
+        "far-future": {"received": "9467280000000", "timestamp": "9467280000000"},
+        "far-past": {"received": "-1e308", "sent": "-8.64e12", "runtime": "-1e308"},
+        "not-a-number": {"received": "NaN", "runtime": "NaN", "timestamp": "Infinity"},
+        "text-times": {"received": "<b>yesterday</b>", "runtime": "fast", "sent": "[1, 2]"},
+        "huge-runtime": {"received": str(now), "runtime": "1e308", "retries": "1e400"},
+        "object-args": {"received": str(now), "args": '{"a": [1, {"b": null}]}', "kwargs": "{"},
+    }
+    for i, (task_id, fields) in enumerate(hostile.items()):
+        write_task(
+            store,
+            "hostile-time-" + task_id,
+            9.4e12 if task_id == "far-future" else now + i,
+            state="STARTED" if i % 2 else "SUCCESS",
+            name=HOSTILE,
+            worker="shop-worker@" + env["prefix"],
+            **fields,
+        )
+    normal = env["app"].send_task(T + "add", (1, 2))
+    finished(env, normal.id)
+    page.goto(env["serve"].url + "/tasks")
+    page.wait_for_selector(f'tr[data-id="{normal.id}"]')
+    for task_id in hostile:
+        assert page.locator(f'tr[data-id="hostile-time-{task_id}"]').count() == 1, task_id
+    assert page.locator("tr.bad-row").count() == 0  # every row drawn, not just survived
+    future = page.locator('tr[data-id="hostile-time-far-future"]').inner_text()
+    assert "9467280000000 (year 301,976)" in future  # the raw value, not "Invalid Date"
+    assert "<b>yesterday</b>" in page.locator('tr[data-id="hostile-time-text-times"]').inner_text()
+    assert "Invalid" not in page.locator("table.tasks").inner_text()
+    assert page.evaluate("window.__pwned") is None
+    shot(page, "tasks-hostile-times", full_page=True, directory=REVIEW_SHOTS)
+    for task_id in hostile:
+        page.goto(env["serve"].url + f"/task/hostile-time-{task_id}")
+        page.wait_for_selector("text=Timeline")
+        assert "Invalid" not in page.locator("main").inner_text()
+    assert page.errors == []
+
+
+def test_task_page_says_when_times_were_clamped_or_clocks_disagree(env, page):
+    store, now = env["store"], time.time()
+    worker = f"lost-worker@{env['prefix']}"
+    tid = "skewed-" + uuid.uuid4().hex[:8]
+    base = {"name": "tests.workerapp.sleep", "worker": worker}
+    store.apply(
+        [
+            # the worker's last heartbeat was an hour ago: offline by Celery's rule
+            WorkerEvent(worker, "heartbeat", now - 3600, "event", {"freq": 2.0}),
+            TaskEvent(tid, "PENDING", now, "signal", "producer-host", dict(base)),
+            # the worker's clock runs 4 s behind the producer's
+            TaskEvent(tid, "RECEIVED", now - 4, "event", worker, dict(base)),
+            # and a broken clock reports the start 300,000 years ahead
+            TaskEvent(tid, "STARTED", now + 300_000 * 365.25 * 86400, "event", worker, dict(base)),
+        ]
+    )
+    stored = store.get_task(tid)
+    assert any(e.get("reported_timestamp") for e in stored["timeline"]), stored["timeline"]
+    assert any(e.get("skew") for e in stored["timeline"]), stored["timeline"]
+    page.goto(env["serve"].url + f"/task/{tid}")
+    page.wait_for_selector("text=Timeline")
+    timeline = page.locator("table:has(th:text('Since previous'))")
+    assert "clocks disagree by 4" in timeline.inner_text()
+    durations = timeline.locator("tbody td.num").all_inner_texts()
+    assert not [d for d in durations if d.startswith(("−", "-", "+−", "+-"))], durations
+    assert "reported" in page.locator(".clamped").first.inner_text()
+    assert page.locator(".clamp-note").count() == 1 and page.locator(".skew-note").count() == 1
+    assert page.locator(".state-lost").first.inner_text() == "worker offline: this task may be lost"
+    shot(page, "task-clock-skew", full_page=True, directory=REVIEW_SHOTS)
+    # A worker whose clock says year 300,000: listed at its arrival, the report beside it.
+    ahead = f"ahead-worker@{env['prefix']}"
+    store.apply([WorkerEvent(ahead, "heartbeat", now + 9.4e12, "event", {"freq": 2.0})])
+    assert store.worker(ahead).get("last_heartbeat_reported")
+    page.goto(env["serve"].url + "/workers")
+    row = page.locator(f'tr[data-host="{ahead}"]')
+    row.wait_for(timeout=20_000)
+    assert "reported" in row.locator(".clamped").inner_text()
+    assert "online" in row.inner_text()
+    assert page.errors == []
+
+
+def test_running_task_on_a_live_worker_has_no_lost_badge(env, page):
+    result = env["app"].send_task(T + "sleep", (3,))
+    finished(env, result.id, ("STARTED",))
+    page.goto(env["serve"].url + f"/task/{result.id}")
+    page.wait_for_selector("text=Timeline")
+    assert page.locator(".state-lost").count() == 0
+    detail = json.loads(
+        http_get(env["serve"].url + f"/api/v1/tasks/{result.id}").text  # the page's source
+    )
+    assert detail["worker_online"] is True
+    assert page.errors == []
+
+
+#: A host application with a Flask-SocketIO server of its own, its own handlers,
+#: and the monitor mounted on that server (``socketio=``), served by gevent.
+HOST_APP = """
+from gevent import monkey
+monkey.patch_all()
+import sys
+from flask import Flask
+from flask_socketio import SocketIO, emit
+from gevent import pywsgi
+from monitor import init_app
+
+port, redis_url, prefix = int(sys.argv[1]), sys.argv[2], sys.argv[3]
+app = Flask("host")
+sio = SocketIO(async_mode="gevent")
+
+@sio.on("hello")
+def hello(data):
+    emit("hello_back", data)
+
+@sio.on("subscribe")
+def subscribe(data):
+    return "the host's own subscribe"
+
+init_app(app, url_prefix="/ops", socketio=sio, redis_url=redis_url, prefix=prefix)
+sio.init_app(app)
+pywsgi.WSGIServer(("127.0.0.1", port), app, log=None).serve_forever()
+"""
+
+
+def test_dashboard_on_a_hosts_socketio_server(env, page):
+    import socketio
+
+    port = free_port()
+    host = subprocess.Popen(
+        [sys.executable, "-c", HOST_APP, str(port), REDIS_URL, env["prefix"]],
+        cwd=ROOT,
+        env=clean_env(),
+        start_new_session=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    client = socketio.Client()
+    try:
+        url = f"http://127.0.0.1:{port}"
+        wait_for(lambda: http_get(url + "/ops/api/v1/workers") is not None, 30, 0.1, "host app")
+        page.goto(url + "/ops/tasks")
+        live(page)
+        tid = "hosted-" + uuid.uuid4().hex[:8]
+        env["store"].apply([TaskEvent(tid, "SUCCESS", time.time(), "signal", "h", {"name": "x"})])
+        page.locator(f'tr[data-id="{tid}"]').wait_for(timeout=20_000)  # pushed live
+        # The host's own handlers on its default namespace keep answering.
+        got = []
+        client.on("hello_back", got.append)
+        client.connect(url, transports=["websocket"], wait_timeout=10)
+        client.emit("hello", {"n": 1})
+        wait_for(lambda: got == [{"n": 1}], 10, what="the host's hello_back")
+        assert client.call("subscribe", {"room": "overview"}) == "the host's own subscribe"
+        assert page.errors == []
+    finally:
+        client.disconnect()
+        stop_process(host)
+    assert "Traceback" not in host.stderr.read()
+
+
+def test_without_users_pages_are_read_only_and_honour_the_csp(env):
+    """No user configured: no action button anywhere, one line saying how to enable
+    them, and no page (actions' pages included) breaks the Content-Security-Policy."""
+    context = env["browser"].new_context(viewport={"width": 1366, "height": 768})
+    context.add_init_script(CSP_PROBE)
+    page = context.new_page()
+    reported: list[str] = []
+    page.on("console", lambda msg: msg.type == "error" and reported.append(msg.text))
+    page.on("pageerror", lambda exc: reported.append(str(exc)))
+    try:
+        failed = env["app"].send_task(T + "fail", ("no users",))
+        finished(env, failed.id, ("FAILURE",))
+        host = f"shop-worker@{env['prefix']}"
+        for path in (
+            "/",
+            "/tasks",
+            f"/task/{failed.id}",
+            "/workers",
+            f"/worker/{host}",
+            "/bulk",
+            "/audit",
+            "/login",
+        ):
+            response = page.goto(env["serve"].url + path)
+            assert response.status == 200, path
+            assert "script-src 'self'" in response.headers["content-security-policy"], path
+            page.wait_for_function("() => document.querySelector('#main').children.length > 0")
+            if path != "/login":
+                live(page)
+            if path.startswith(("/task/", "/worker/", "/bulk")):
+                line = page.locator(".refusal")
+                line.wait_for()
+                assert "users add" in line.inner_text(), path
+            if path.startswith("/worker/"):
+                page.wait_for_selector(f'tr[data-host="{host}"]')
+            if path.startswith("/task/"):
+                page.wait_for_selector("text=Timeline")
+            page.wait_for_load_state("networkidle")
+            assert page.locator("main button[data-action]").count() == 0, path
+            assert page.locator(".actions-bar, .worker-actions, dialog").count() == 0, path
+            assert page.locator(".who, form.logout, .login-link").count() == 0, path
+            assert page.evaluate("window.__csp") == [], path
+        assert "Bulk" not in page.locator("header nav").inner_text()  # nobody can act
+        assert reported == []
+    finally:
+        context.close()

@@ -28,3 +28,23 @@ def test_what_orjson_refuses_goes_through_the_standard_library():
 def test_not_json_raises_value_error():
     with pytest.raises(ValueError):
         fastjson.loads(b"{not json")
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        b"[" * 100_000 + b"]" * 100_000,  # beyond both parsers' depth limits
+        b'{"a": "\xff\xfe"}',  # invalid UTF-8
+        b'{"a": 1' + b"0" * 5000 + b"}",  # an integer beyond int()'s digit limit
+        b"",
+    ],
+    ids=["deep", "invalid-utf8", "5000-digit-int", "empty"],
+)
+def test_anything_undecodable_raises_value_error_only(text):
+    with pytest.raises(ValueError):
+        fastjson.loads(text)
+
+
+def test_numbers_beyond_a_double_come_back_as_python_numbers():
+    assert fastjson.loads(b"[1" + b"0" * 400 + b"]") == [10**400]
+    assert fastjson.loads(b"[1e999, -1e999]") == [math.inf, -math.inf]

@@ -229,9 +229,25 @@ def test_both_sources_store_each_transition_once(both_cluster, store):
             20,
             what=f"both sources on {task_id}: {store.get_task(task_id)['timeline']}",
         )
-        timeline = store.get_task(task_id)["timeline"]
+        task = store.get_task(task_id)
+        timeline = task["timeline"]
         assert Counter(e["state"] for e in timeline) == counts, timeline
         assert all(sorted(e["sources"]) == ["event", "signal"] for e in timeline), timeline
+        # Prefork's real emission order: each transition at its earliest report,
+        # the timeline in lifecycle order, and one host's clock never "skewed".
+        # Attempts may overlap (retry() sends the next message, a worker may
+        # receive it, then RETRY is reported): each attempt is in order.
+        phase = {"PENDING": 0, "RECEIVED": 1, "STARTED": 2, "RETRY": 3, "SUCCESS": 3}
+        for attempt in {e["retries"] for e in timeline if e["retries"] is not None}:
+            mine = [phase[e["state"]] for e in timeline if e["retries"] == attempt]
+            assert mine == sorted(mine), timeline
+        assert [e["state"] for e in timeline[:3]] == ["PENDING", "RECEIVED", "STARTED"]
+        assert timeline[-1]["state"] == "SUCCESS", timeline
+        for entry in timeline:
+            assert entry["timestamp"] == min(r["timestamp"] for r in entry["reports"]), entry
+            assert "skew" not in entry, timeline
+        times = [float(task[k]) for k in ("sent", "received", "started", "succeeded")]
+        assert times == sorted(times), task
 
 
 def test_publish_without_worker_is_pending(settings, store, redis_url):

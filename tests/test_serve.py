@@ -1,17 +1,23 @@
-"""``monitor serve`` as a real process: answers HTTP, survives its Redis going away."""
+"""``monitor serve`` as a real process: answers HTTP, survives its Redis going away,
+and never unpickles what its Socket.IO message queue (the store's Redis) carries."""
 
 from __future__ import annotations
 
+import json
+import pickle
 import subprocess
 import time
+import tomllib
+from importlib.metadata import version
 
 import socketio
+from packaging.requirements import Requirement
 
 from monitor.config import Settings
 from monitor.model import TaskEvent
 from monitor.store import Store, redis_client
 
-from .helpers import RedisServer, free_port, http_get, start_serve, stop_process, wait_for
+from .helpers import ROOT, RedisServer, free_port, http_get, start_serve, stop_process, wait_for
 
 
 def _serve(redis_url: str, prefix: str, port: int) -> subprocess.Popen:
@@ -72,3 +78,60 @@ def test_serve_survives_redis_restart_and_reports_status(redis_url):
         client.disconnect()
         stop_process(proc)
         server.stop()
+
+
+class _CreatesFileWhenUnpickled:
+    """Unpickling this calls ``open(path, "w")``: the file appears if anyone unpickles it."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+
+    def __reduce__(self):
+        return (open, (self.path, "w"))
+
+
+def test_python_socketio_floor_is_declared_and_installed():
+    dependencies = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
+    floors = [Requirement(d) for d in dependencies if Requirement(d).name == "python-socketio"]
+    assert len(floors) == 1 and not floors[0].specifier.contains("5.13.9")
+    assert floors[0].specifier.contains(version("python-socketio"))
+
+
+def test_message_queue_payloads_are_never_unpickled(settings, store, tmp_path):
+    """Anyone who can write to the store's Redis (every worker running the hooks)
+    can publish on the Socket.IO channel: a pickle there must stay bytes."""
+    port = free_port()
+    proc = _serve(settings.redis_url, settings.prefix, port)
+    client = socketio.Client()
+    probes: list = []
+    client.on("probe", probes.append)
+    marker = tmp_path / "unpickled"
+    try:
+        wait_for(lambda: _get(port, "/api/v1/workers"), 30, 0.1, "serve")
+        client.connect(f"http://127.0.0.1:{port}", transports=["polling"], wait_timeout=10)
+        # The serve process listens on one channel of its prefix (its message queue).
+        channels = wait_for(lambda: store.redis.pubsub_channels(f"{settings.prefix}*"), 10)
+        assert len(channels) == 1
+        payload = pickle.dumps(_CreatesFileWhenUnpickled(str(marker)))
+        assert store.redis.publish(channels[0], payload) >= 1  # someone received it
+        # Then a well-formed message: one channel is read in order, so once this
+        # one is delivered to the client, the pickle before it has been handled.
+        after = {
+            "method": "emit",
+            "event": "probe",
+            "data": ["after"],
+            "namespace": "/",
+            "room": None,
+            "skip_sid": None,
+            "callback": None,
+            "host_id": "another-host",
+        }
+        assert store.redis.publish(channels[0], json.dumps(after)) >= 1
+        wait_for(lambda: probes, 15, what="the message after the pickle")
+        assert not marker.exists(), "the message queue unpickled a payload"
+        response = _get(port, "/api/v1/workers")
+        assert response is not None and response.ok
+    finally:
+        client.disconnect()
+        stop_process(proc)
+    assert proc.returncode == 0, proc.stderr.read()

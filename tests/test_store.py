@@ -176,7 +176,8 @@ def test_late_received_after_success_keeps_success_and_fills_fields(store: Store
             "retries": 0,
             "eta": "2030-01-01",
             "expires": "2031-01-01",
-            "queue": "ignored-by-merge",
+            "queue": "filled-in",
+            "worker": "another-host",
         },
     )
     store.apply([succeeded], now=T0)
@@ -191,7 +192,11 @@ def test_late_received_after_success_keeps_success_and_fills_fields(store: Store
         "r",
     )
     assert task["eta"] == "2030-01-01" and task["expires"] == "2031-01-01"
-    assert "queue" not in task  # Celery's merge rule keeps only the RECEIVED fields
+    # Beyond Celery's merge rule (the RECEIVED fields above), a late report only
+    # fills what is missing: it never overwrites what a later transition stored,
+    # so the arrival order does not change the stored task.
+    assert task["queue"] == "filled-in"
+    assert task["worker"] == "w"
     assert float(task["received"]) == T0 + 1
     assert [e["state"] for e in task["timeline"]] == ["RECEIVED", "SUCCESS"]
     # indexes: by state SUCCESS only, by name now that the name is known

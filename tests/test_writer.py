@@ -103,13 +103,13 @@ def test_a_record_the_script_rejects_is_dropped_alone_and_the_writer_goes_on(pri
     writer.put(event(1))
     wait_for(lambda: store.get_task("t1"), what="t1 stored")
     # "t1:timeline" (only constructible by bypassing the model's check) names
-    # t1's timeline list: Redis answers WRONGTYPE for the whole batch.
+    # t1's timeline list; the script refuses it before writing anything.
     poison = TaskEvent("t1:timeline", "SUCCESS", time.time(), "signal", "w", {"name": "n"})
     for record in (event(2), poison, event(3)):
         writer.put(record)
     wait_for(lambda: store.get_task("t2") and store.get_task("t3"), what="its batch mates stored")
-    assert writer.dropped == 1 and writer.redis_ok
-    wait_for(lambda: store.meta().get("dropped:signal") == 1, what="the drop counted")
+    assert writer.rejected == 1 and writer.dropped == 0 and writer.redis_ok
+    wait_for(lambda: store.meta().get("malformed:signal") == 1, what="the refusal counted")
     assert store.redis.type(store.keys.timeline("t1")) == "list"  # t1 untouched
     writer.put(event(4))  # not wedged on the rejected batch
     wait_for(lambda: store.get_task("t4"), what="later records still flow")

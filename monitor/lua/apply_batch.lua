@@ -14,7 +14,9 @@
 -- KEYS[12] timeline suffix             ":timeline"
 -- KEYS[13] children suffix             ":children"
 -- timeline entry: {s=state, t=time, h=host, src="signal,event", r=retries (when
---                  the report named its attempt), t2=second source's time}
+--                  the report named its attempt), t2=second source's time, o=time the
+--                  report said when it was clamped}. t is the EARLIEST report: src lists
+--                  the source that reported t first, the one that reported t2 second.
 -- ARGV[1]  JSON array of records, in arrival order; positional lists (they
 --          decode faster than objects, and this runs for every event):
 --            task:   ["t", id, state, time text, source, host or "", {field=text},
@@ -24,9 +26,17 @@
 --          in the hash.
 -- ARGV[2]  JSON config: ranks{state=rank}, custom_rank, ready_states[], keep{state=[fields a
 --          late event keeps]}, subject{state=time field}, max_tasks, max_age, max_timeline,
---          stream_maxlen, stats_ttl, dedup_window, purge_after, rt_buckets[[bound, label]]
--- ARGV[3]  now (seconds since the epoch)
--- returns  {applied, duplicates, tasks_changed, trimmed}
+--          stream_maxlen, stats_ttl, dedup_window, purge_after, rt_buckets[[bound, label]],
+--          clock_skew, max_fields, max_key_len, stats_fields, owned[fields no record may set]
+-- ARGV[3]  now (seconds since the epoch, as text)
+-- returns  {applied, duplicates, tasks_changed, trimmed, rejected}
+--
+-- Every record is validated before anything is written (types, finite times,
+-- key-safe ids, field counts): an invalid record is skipped and counted in
+-- `rejected`, so a batch is never half-applied by an error halfway through.
+-- Times later than now + clock_skew or older than now - max_age are clamped to
+-- now (the arrival), the reported time kept beside it: no index score lies in
+-- the future, and retention always gets to a task.
 --
 -- The precedence rule is Celery's Task.event (celery/events/state.py): a
 -- lower-precedence event never moves a task back, only merges fields (for a
@@ -52,6 +62,115 @@ local function rank_of(state)
   return ranks[state] or custom_rank
 end
 
+-- Validation ------------------------------------------------------------------
+-- Runs for every record before anything is written, so it is kept cheap: each
+-- record is checked inside one pcall with operators that raise on a wrong type
+-- (`v .. ''` on a table, a boolean or null; `x + 0` on what is not a number)
+-- instead of a type() call per value.
+local next, tonumber, find, sub, pcall = next, tonumber, string.find, string.sub, pcall
+local NOW_TEXT = ARGV[3]
+local latest_ok = now + cfg.clock_skew
+local oldest_ok = now - cfg.max_age
+local max_fields, max_key_len = cfg.max_fields, cfg.max_key_len
+local huge = math.huge
+
+-- What the store keeps itself: a record's fields never set these. Worker
+-- counters are HINCRBY'd below and must stay integers.
+local owned_task, owned_worker = {}, {}
+for _, k in ipairs(cfg.owned) do owned_task[k] = true end
+for _, k in ipairs({'hostname', 'last_heartbeat', 'offline_at', 'online_at', 'succeeded',
+                    'failed', 'retried', 'last_heartbeat_reported', 'offline_at_reported'}) do
+  owned_worker[k] = true
+end
+
+-- A usable time (text or number), as a number; raises otherwise. Lua's
+-- tonumber takes "inf", "nan" and "1e999".
+local function time_of(value)
+  local x = tonumber(value .. '')
+  if x and x == x and x > 0 and x < huge then return x end
+  error('bad time')
+end
+
+-- Raises unless v is text of 1..max_key_len bytes (it names a key).
+local function key_part(v)
+  local n = #(v .. '')
+  if n == 0 or n > max_key_len then error('bad key part') end
+  return v .. ''
+end
+
+-- Field maps: a JSON object (cjson gives one string keys; an array shows as
+-- f[1]) of text values, bounded in number. Fields the store owns are dropped
+-- on the way (assigning nil during next() is allowed). Fields that name key
+-- parts (worker, name, parent/group ids) must fit in a key.
+local function check_fields(f, owned_set)
+  if f[1] ~= nil then error('fields must be an object') end
+  local n = 0
+  for k, v in next, f do
+    n = n + 1
+    local _ = v .. ''
+    if owned_set[k] then f[k] = nil end
+  end
+  if n > max_fields then error('too many fields') end
+  local v = f.name
+  if v ~= nil and (#v == 0 or #v > max_key_len) then error('bad name') end
+  v = f.worker
+  if v ~= nil and (#v == 0 or #v > max_key_len) then error('bad worker') end
+  v = f.parent_id
+  if v ~= nil and (#v == 0 or #v > max_key_len) then error('bad parent_id') end
+  v = f.group_id
+  if v ~= nil and (#v == 0 or #v > max_key_len) then error('bad group_id') end
+end
+
+local S_TL_LEN, S_CH_LEN = #KEYS[12], #KEYS[13]
+local SOURCES = {signal = true, event = true}
+local state_ok = {}  -- state -> valid? (a batch names few states)
+
+-- The hot one (every task record): inlined checks, one Lua call for the fields.
+local function check_task(rec)
+  local id, state = rec[2] .. '', rec[3] .. ''
+  if #id == 0 or #id > max_key_len then error('bad id') end
+  -- An id ending in a facet suffix names another task's key (UUIDs have no ':').
+  if find(id, ':', 1, true) and (sub(id, -S_TL_LEN) == KEYS[12]
+                                 or sub(id, -S_CH_LEN) == KEYS[13]) then
+    error('id names another key')
+  end
+  local ok = state_ok[state]
+  if ok == nil then
+    ok = #state <= 64 and find(state, '^[A-Z0-9_]+$') ~= nil
+    state_ok[state] = ok
+  end
+  if not ok or not SOURCES[rec[5]] or #(rec[6] .. '') > max_key_len then error('bad record') end
+  local rt = rec[8]
+  if rt ~= nil and rt ~= cjson.null then
+    rt = rt + 0
+    if rt ~= rt or rt == huge or rt == -huge then error('bad retries') end
+    rec[8] = rt
+  end
+  local x = tonumber(rec[4] .. '')
+  if not x or x ~= x or x <= 0 or x == huge then error('bad time') end
+  rec[2], rec[3], rec.time = id, state, x
+  check_fields(rec[7], owned_task)
+  return true
+end
+
+local WORKER_KINDS = {online = true, heartbeat = true, offline = true}
+local function check_worker(rec)
+  rec[2] = key_part(rec[2])
+  if not WORKER_KINDS[rec[3]] or not SOURCES[rec[5]] then error('bad worker record') end
+  rec.time = time_of(rec[4])
+  check_fields(rec[6], owned_worker)
+  return true
+end
+
+-- The time a (validated) record is stored at: its own, or now when it is too
+-- far ahead (a skewed clock, a forged event) or older than retention.
+-- Returns (number, text, reported text or nil).
+local function clamp(rec)
+  local x = rec.time
+  if x > latest_ok or x < oldest_ok then return now, NOW_TEXT, rec[4] end
+  return x, rec[4], nil
+end
+
 local tasks = {}        -- id -> cached task state for this batch
 local order = {}        -- ids in first-touch order
 local stats = {}        -- stats key -> {field -> increment}
@@ -62,6 +181,19 @@ local function bump(tbl, key, field, n)
   local t = tbl[key]
   if not t then t = {}; tbl[key] = t end
   t[field] = (t[field] or 0) + n
+end
+
+-- Per-name counters of one minute are capped (stats_fields fields a hash): past that,
+-- names not yet counted in that minute count under OTHER, so a producer
+-- churning task names cannot grow a stats hash without bound.
+local OTHER = '__other__'
+local MAX_RUNTIME = 1e7  -- seconds (115 days): anything longer is not a runtime
+local named = {}  -- stats key -> {field -> {n, prefix, suffix}}; field = prefix..name..suffix
+local function bump_named(key, field, prefix, suffix, n)
+  local t = named[key]
+  if not t then t = {}; named[key] = t end
+  local cur = t[field]
+  if cur then cur[1] = cur[1] + n else t[field] = {n, prefix, suffix} end
 end
 
 local function load(id)
@@ -79,9 +211,11 @@ local function load(id)
   t.retries = tonumber(cur[4])
   -- time of the last state change: the floor for this task's index scores
   t.orig_time = tonumber(cur[5])
+  t.orig_text = cur[5]  -- the time as stored: the change feed passes text on (no printf)
   t.timeline = false  -- loaded on first need
   t.tl_new = {}       -- entries to append
   t.tl_set = {}       -- index (1-based) -> entry to rewrite
+  t.fills = false     -- fields to set only where the hash has none (HSETNX)
   tasks[id] = t
   order[#order + 1] = id
   return t
@@ -132,10 +266,24 @@ local function find_duplicate(t, state, time, src, retries, explicit)
   return best
 end
 
+-- Celery's merge_rules as sets: state -> {field = true}.
+local keep_sets = {}
+for state, names in pairs(keep_rules) do
+  local set = {}
+  for _, name in ipairs(names) do set[name] = true end
+  keep_sets[state] = set
+end
+
 local function apply_task(rec)
-  local state, ts, src, host, f, rt = rec[3], rec[4], rec[5], rec[6], rec[7], rec[8]
-  local time = tonumber(ts)
+  local state, src, host, f, rt = rec[3], rec[5], rec[6], rec[7], rec[8]
+  local time, ts, reported = rec.time, rec[4], nil
+  if time > latest_ok or time < oldest_ok then time, ts, reported = now, NOW_TEXT, ts end
   local t = load(rec[2])
+  local extra = f.fields_extra  -- names of the event's extra fields (model.EXTRAS_MARKER)
+  if extra then
+    f.fields_extra = nil
+    t.extra = t.extra and (t.extra .. ',' .. extra) or extra
+  end
   local explicit = rt ~= nil and rt ~= cjson.null
   local dup = find_duplicate(t, state, time, src, rt, explicit)
   local tl = t.timeline
@@ -144,14 +292,27 @@ local function apply_task(rec)
     return
   end
   local is_dup = dup ~= nil
+  -- A transition's time is its earliest report: the hooks run in the pool
+  -- process, before the prefork parent emits task-started/-succeeded, and
+  -- before_task_publish precedes task-sent. Which report arrives first must
+  -- not matter.
+  local earliest = true
   if is_dup then
     duplicates = duplicates + 1
     local e = tl[dup]
+    earliest = false
     if not has_source(e, src) then
-      e.src = e.src .. ',' .. src
-      e.t2 = time
+      if time < e.t then
+        e.t2, e.t, e.src = e.t, time, src .. ',' .. e.src
+        earliest = true
+      else
+        e.t2, e.src = time, e.src .. ',' .. src
+      end
     end
-    if e.h == nil and host ~= '' then e.h = host end
+    -- the host of the earliest report (producer names differ between sources)
+    if host ~= '' and (earliest or e.h == nil) then e.h = host end
+    if explicit and e.r == nil then e.r = rt end
+    if reported and e.o == nil then e.o = tonumber(reported) end
     if dup <= t.tl_base then t.tl_set[dup] = e end
   else
     local e = {s = state, t = time, src = src}
@@ -159,6 +320,7 @@ local function apply_task(rec)
     -- Only a report that names its attempt gets one: guessing from the task's
     -- current retries is wrong whenever the other source is ahead.
     if explicit then e.r = rt end
+    if reported then e.o = tonumber(reported) end
     tl[#tl + 1] = e
     t.tl_new[#t.tl_new + 1] = e
   end
@@ -167,13 +329,33 @@ local function apply_task(rec)
   -- reports was applied (or merged) when first seen.
   local merge_only = is_dup or (state ~= 'RETRY' and t.state ~= 'RETRY'
                                 and rank_of(state) > rank_of(t.state))
-  local keep = keep_rules[state]
-  if merge_only and not is_dup and keep then
-    local kept = {}
-    for _, name in ipairs(keep) do
-      if f[name] ~= nil then kept[name] = f[name] end
+  -- What a report may overwrite, and what it may only fill in where nothing is
+  -- stored yet, so that every arrival order stores the same task:
+  --   a new transition overwrites;
+  --   a late (lower-precedence) one overwrites Celery's merge_rules fields only;
+  --   a second source's report of one transition: the hooks' values win (they
+  --   see the real objects; events carry reprs), an event's fill gaps.
+  local fill = nil
+  if is_dup then
+    if src ~= 'signal' then f, fill = {}, f end
+  elseif merge_only then
+    local keep = keep_sets[state] or {}
+    local kept, rest = {}, {}
+    for k, v in pairs(f) do
+      if keep[k] then kept[k] = v else rest[k] = v end
     end
-    f = kept
+    f, fill = kept, rest
+  end
+  if fill then
+    -- name and worker are known (read with the state): fill them here, so the
+    -- indexes follow.
+    if not t.name and fill.name then f.name = fill.name end
+    if not t.worker and fill.worker then f.worker = fill.worker end
+    local fills = t.fills
+    if not fills then fills = {}; t.fills = fills end
+    for k, v in pairs(fill) do
+      if fills[k] == nil then fills[k] = v end
+    end
   end
   if f.retries then
     -- Attempts only go forward: a late report of an earlier attempt (or the
@@ -187,14 +369,20 @@ local function apply_task(rec)
   end
   for k, v in pairs(f) do t.fields[k] = v end
   local subject = subjects[state]
-  if subject then t.fields[subject] = ts end
+  if subject and earliest then
+    t.fields[subject] = ts
+    if reported then t.fields[subject .. '_reported'] = reported end
+  end
   if f.name then t.name = f.name end
   if f.worker then t.worker = f.worker end
   if f.retries then t.retries = tonumber(f.retries) end
-  if not t.score or time > t.score then t.score = time end
+  if not t.score or time > t.score then t.score, t.score_text = time, ts end
   t.changed = true
   applied = applied + 1
 
+  if is_dup and earliest and state == t.state then
+    t.fields.timestamp = ts  -- the current state's time is its earliest report too
+  end
   if not merge_only then
     t.state = state
     t.fields.state = state
@@ -202,9 +390,12 @@ local function apply_task(rec)
     local minute = math.floor(time / 60)
     local skey = P_STATS .. minute
     bump(stats, skey, 'state:' .. state, 1)
-    if t.name then bump(stats, skey, 'name:' .. t.name .. ':' .. state, 1) end
+    if t.name then bump_named(skey, 'name:' .. t.name .. ':' .. state, 'name:', ':' .. state, 1) end
     local runtime = tonumber(f.runtime)
-    if runtime and (state == 'SUCCESS' or state == 'FAILURE') then
+    -- Counters only take sane runtimes: one HINCRBYFLOAT of an infinite or
+    -- NaN increment would fail the script halfway through the batch.
+    if runtime and runtime >= 0 and runtime < MAX_RUNTIME
+       and (state == 'SUCCESS' or state == 'FAILURE') then
       local bucket = '+Inf'
       for _, b in ipairs(cfg.rt_buckets) do
         if runtime <= b[1] then bucket = b[2]; break end
@@ -212,8 +403,8 @@ local function apply_task(rec)
       bump(stats, skey, 'rt:' .. bucket, 1)
       bump(stats, skey, 'rtsum', runtime)
       if t.name then
-        bump(stats, skey, 'rtsum:' .. t.name, runtime)
-        bump(stats, skey, 'rtcnt:' .. t.name, 1)
+        bump_named(skey, 'rtsum:' .. t.name, 'rtsum:', '', runtime)
+        bump_named(skey, 'rtcnt:' .. t.name, 'rtcnt:', '', 1)
       end
     end
     if t.worker then
@@ -232,26 +423,32 @@ local workers_touched = {}
 local worker_scores = {}  -- hostname -> newest time this batch saw it at: one ZADD each
 
 local function apply_worker(rec)
-  local host, kind, ts = rec[2], rec[3], rec[4]
-  local time = tonumber(ts)
+  local host, kind = rec[2], rec[3]
+  local time, ts, reported = clamp(rec)
   local key = P_WORKER .. host
+  local f = rec[6]
   local fields = {'hostname', host}
-  for k, v in pairs(rec[6]) do
+  for k, v in pairs(f) do
     fields[#fields + 1] = k
     fields[#fields + 1] = v
   end
+  local time_field = nil
   if kind == 'offline' then
-    fields[#fields + 1] = 'offline_at'
-    fields[#fields + 1] = ts
+    time_field = 'offline_at'
   else
     local last = tonumber(redis.call('HGET', key, 'last_heartbeat'))
-    if not last or time > last then
-      fields[#fields + 1] = 'last_heartbeat'
-      fields[#fields + 1] = ts
-    end
+    if not last or time > last then time_field = 'last_heartbeat' end
     if kind == 'online' then
       fields[#fields + 1] = 'online_at'
       fields[#fields + 1] = ts
+    end
+  end
+  if time_field then
+    fields[#fields + 1] = time_field
+    fields[#fields + 1] = ts
+    if reported then
+      fields[#fields + 1] = time_field .. '_reported'
+      fields[#fields + 1] = reported
     end
   end
   redis.call('HSET', key, unpack(fields))
@@ -264,8 +461,17 @@ local function apply_worker(rec)
   applied = applied + 1
 end
 
+-- Validate everything first, then write: nothing below may fail on a record.
+local rejected = 0
 for _, rec in ipairs(records) do
-  if rec[1] == 't' then apply_task(rec) else apply_worker(rec) end
+  local kind = type(rec) == 'table' and rec[1]
+  if kind == 't' and pcall(check_task, rec) then
+    apply_task(rec)
+  elseif kind == 'w' and pcall(check_worker, rec) then
+    apply_worker(rec)
+  else
+    rejected = rejected + 1
+  end
 end
 
 -- Index updates are collected per key and sent as one variadic ZADD / ZREM
@@ -274,6 +480,7 @@ end
 local VARIADIC = 1000  -- members per call (Lua's unpack has a stack limit)
 local zadds, zrems = {}, {}
 local name_scores = {}  -- task names first seen in this batch -> newest time
+local maybe_gone = {}   -- task names that may have lost their last task
 
 local function zadd_later(key, score, member)
   local args = zadds[key]
@@ -299,6 +506,30 @@ for _, id in ipairs(order) do
   local t = tasks[id]
   if t.changed then
     tasks_changed = tasks_changed + 1
+    if t.extra then
+      -- Extra event fields (a newer Celery's, or a buggy producer's) are
+      -- bounded per event by the model; across events, by the hash's size:
+      -- past max_task_fields, new ones are dropped and counted.
+      local names, count = {}, 0
+      for name in string.gmatch(t.extra, '[^,]+') do
+        if not names[name] then names[name] = true; count = count + 1 end
+      end
+      local have = redis.call('HLEN', t.key)
+      if have + count > cfg.max_task_fields then
+        local added = 0
+        for name in pairs(names) do
+          if redis.call('HEXISTS', t.key, name) == 0 then
+            if have + added < cfg.max_task_fields then
+              added = added + 1
+            else
+              t.fields[name], t.fields[name .. '_truncated'] = nil, nil
+              if t.fills then t.fills[name], t.fills[name .. '_truncated'] = nil, nil end
+              t.dropped_extra = (t.dropped_extra or 0) + 1
+            end
+          end
+        end
+      end
+    end
     local hset = {}
     for k, v in pairs(t.fields) do
       hset[#hset + 1] = k
@@ -311,7 +542,21 @@ for _, id in ipairs(order) do
       hset[#hset + 1] = 'state'
       hset[#hset + 1] = t.state
     end
-    if #hset > 0 then redis.call('HSET', t.key, unpack(hset)) end
+    if #hset <= 2 * VARIADIC then
+      if #hset > 0 then redis.call('HSET', t.key, unpack(hset)) end
+    else  -- in chunks: a batch may merge many records' fields into one task
+      for i = 1, #hset, 2 * VARIADIC do
+        redis.call('HSET', t.key, unpack(hset, i, math.min(i + 2 * VARIADIC - 1, #hset)))
+      end
+    end
+    if t.fills then
+      for k, v in pairs(t.fills) do
+        if t.fields[k] == nil then redis.call('HSETNX', t.key, k, v) end
+      end
+    end
+    if t.dropped_extra then
+      redis.call('HINCRBY', t.key, 'fields_truncated', t.dropped_extra)
+    end
 
     local tl_key = t.key .. S_TIMELINE
     for idx, e in pairs(t.tl_set) do
@@ -328,8 +573,8 @@ for _, id in ipairs(order) do
 
     -- A late event must not put the task in a new index at an older time:
     -- its last state change is the floor (read with the hash, no ZSCORE).
-    local score = t.score
-    if t.orig_time and t.orig_time > score then score = t.orig_time end
+    local score, score_text = t.score, t.score_text
+    if t.orig_time and t.orig_time > score then score, score_text = t.orig_time, t.orig_text end
     zadd_later(K_TASKS, score, id)
     if t.orig_state and t.orig_state ~= t.state then
       zrem_later(P_STATE .. t.orig_state, id)
@@ -338,6 +583,7 @@ for _, id in ipairs(order) do
     if t.name then
       if t.orig_name and t.orig_name ~= t.name then
         zrem_later(P_NAME .. t.orig_name, id)
+        maybe_gone[t.orig_name] = true
       end
       zadd_later(P_NAME .. t.name, score, id)
       if t.name ~= t.orig_name then newest(name_scores, t.name, score) end
@@ -351,7 +597,11 @@ for _, id in ipairs(order) do
     end
     local parent = t.fields.parent_id
     if parent and parent ~= id then
-      redis.call('SADD', P_TASK .. parent .. S_CHILDREN, id)
+      -- Expires like a group: a child may outlive its parent's hash (trimmed
+      -- first, or never seen), and the set must not outlive them both.
+      local ckey = P_TASK .. parent .. S_CHILDREN
+      redis.call('SADD', ckey, id)
+      redis.call('EXPIRE', ckey, math.floor(cfg.max_age))
     end
     local group = t.fields.group_id
     if group then
@@ -360,7 +610,7 @@ for _, id in ipairs(order) do
     end
     redis.call('XADD', K_CHANGES, 'MAXLEN', '~', cfg.stream_maxlen, '*',
                'kind', 'task', 'id', id, 'state', t.state,
-               'name', t.name or '', 'worker', t.worker or '', 'ts', tostring(score))
+               'name', t.name or '', 'worker', t.worker or '', 'ts', score_text)
   end
 end
 
@@ -375,6 +625,19 @@ end
 for key, args in pairs(zadds) do
   for i = 1, #args, 2 * VARIADIC do
     redis.call('ZADD', key, 'GT', unpack(args, i, math.min(i + 2 * VARIADIC - 1, #args)))
+  end
+end
+
+-- Per-name counters join their minute's hash while it holds fewer than
+-- stats_fields fields; past that, only names it already counts do.
+for key, fields in pairs(named) do
+  local incr = stats[key]
+  if not incr then incr = {}; stats[key] = incr end
+  local full = redis.call('HLEN', key) >= cfg.stats_fields
+  for field, c in pairs(fields) do
+    local target = field
+    if full and redis.call('HEXISTS', key, field) == 0 then target = c[2] .. OTHER .. c[3] end
+    incr[target] = (incr[target] or 0) + c[1]
   end
 end
 
@@ -416,9 +679,15 @@ for _, id in ipairs(victims) do
   if not seen[id] and not tasks[id] then
     seen[id] = true
     local key = P_TASK .. id
-    local cur = redis.call('HMGET', key, 'state', 'name', 'worker')
+    local cur = redis.call('HMGET', key, 'state', 'name', 'worker', 'parent_id', 'group_id')
     if cur[1] then redis.call('ZREM', P_STATE .. cur[1], id) end
-    if cur[2] then redis.call('ZREM', P_NAME .. cur[2], id) end
+    -- Links go with the task: a set left empty is gone.
+    if cur[4] then redis.call('SREM', P_TASK .. cur[4] .. S_CHILDREN, id) end
+    if cur[5] then redis.call('SREM', P_GROUP .. cur[5], id) end
+    if cur[2] then
+      redis.call('ZREM', P_NAME .. cur[2], id)
+      maybe_gone[cur[2]] = true
+    end
     if cur[3] then redis.call('ZREM', P_WORKER_IDX .. cur[3], id) end
     redis.call('DEL', key, key .. S_TIMELINE, key .. S_CHILDREN)
     redis.call('ZREM', K_TASKS, id)
@@ -434,4 +703,9 @@ for _, host in ipairs(gone) do
   redis.call('ZREM', K_WORKERS, host)
 end
 
-return {applied, duplicates, tasks_changed, trimmed}
+-- A task name leaves {p}:names with its last task (its index key is gone).
+for name in pairs(maybe_gone) do
+  if redis.call('EXISTS', P_NAME .. name) == 0 then redis.call('ZREM', K_NAMES, name) end
+end
+
+return {applied, duplicates, tasks_changed, trimmed, rejected}

@@ -3,24 +3,41 @@
 Every handler accepts ``**kwargs`` and is wrapped by :func:`never_raise`: a bug
 or an odd message costs a log line, never an exception in Celery. Values are
 passed through raw (the writer thread encodes and caps them), except where
-``saferepr`` bounds the work of a repr of a large result.
+``saferepr`` bounds the work of a repr of a large result, and except the
+message body the publish hook keeps for a faithful retry (:func:`publish_body`):
+it is encoded at once, as the app's serializer will encode it a moment later,
+so that what is stored is what was sent even if the caller mutates its
+arguments afterwards.
 """
 
 from __future__ import annotations
 
+import base64
 import functools
 import logging
 import os
 import platform
+import re
 import time
 from collections.abc import Callable
 from typing import Any
 
 import celery
 from celery import states
+from celery._state import _get_active_apps, get_current_app
 from celery.utils.saferepr import saferepr
+from kombu.serialization import dumps as kombu_dumps
+from kombu.serialization import registry as serializer_registry
+from kombu.utils.json import dumps as tagged_json
 
-from ..model import KNOWN_STATES
+from ..model import (
+    KNOWN_STATES,
+    brief,
+    redact_args_repr,
+    redact_positional,
+    sensitive,
+    sensitive_positions,
+)
 from . import _active
 
 logger = logging.getLogger(__name__)
@@ -80,6 +97,187 @@ def _plain(value: Any) -> Any:
     return iso() if iso else value
 
 
+# -- producer: what a faithful retry needs -----------------------------------------
+#: Protocol 2 headers a retry writes afresh (the new message's id, links,
+#: attempt count, schedule and display), so the hook does not keep them.
+REGENERATED_HEADERS = frozenset(
+    {
+        "lang",
+        "task",
+        "id",
+        "root_id",
+        "parent_id",
+        "group",
+        "group_index",
+        "retries",
+        "eta",
+        "expires",
+        "argsrepr",
+        "kwargsrepr",
+        "origin",
+    }
+)
+#: Headers Celery always sends, at these values unless the call changed them:
+#: only a changed one (a per-call time limit, a shadow name, stamps) is kept.
+_HEADER_DEFAULTS: dict[str, Any] = {
+    "shadow": None,
+    "timelimit": [None, None],
+    "ignore_result": False,
+    "replaced_task_nesting": 0,
+    "stamped_headers": None,
+    "stamps": {},
+}
+_MISSING = object()
+#: A JSON object key (a string followed by a colon), for the redaction check.
+_JSON_KEY = re.compile(r'"((?:[^"\\]|\\.)*)"\s*:')
+#: (app, task name) -> (serializer, positions of the positional parameters
+#: whose name is redacted, the redact names it was computed for).
+#: Bounded: a producer may send_task() any name.
+_task_info: dict[tuple[Any, str], tuple[str, tuple[int, ...], tuple[str, ...]]] = {}
+_TASK_INFO_MAX = 1024
+
+
+def _task_info_for(name: str | None, redact: tuple[str, ...]) -> tuple[str, tuple[int, ...]]:
+    """How this process's app publishes task ``name``: its serializer (the task's
+    own, else the app's ``task_serializer``) and where secrets sit in its args
+    (:func:`~monitor.model.sensitive_positions`; none for a task this process
+    does not know, such as a ``send_task`` by name).
+
+    A per-call ``apply_async(serializer=...)`` is not visible to the signal; a
+    task's own ``serializer=`` and the app's setting are.
+    """
+    app = get_current_app()
+    key = (app, name or "")
+    info = _task_info.get(key)
+    if info is not None and info[2] is redact:
+        return info[0], info[1]
+    # The registries as they are, without finalizing an app (send_task by
+    # name never finalizes, and a producer may not want it to): the current
+    # app's first, then the process's other apps (signals are process-wide).
+    task = None
+    if name:
+        task = app._tasks.get(name)
+        for other in () if task is not None else list(_get_active_apps()):
+            task = other._tasks.get(name)
+            if task is not None:
+                break
+    serializer = getattr(task, "serializer", None) or app.conf.task_serializer
+    positions = sensitive_positions(task.run, redact) if task is not None else ()
+    if len(_task_info) >= _TASK_INFO_MAX:
+        _task_info.clear()
+    _task_info[key] = (serializer, positions, redact)
+    return serializer, positions
+
+
+def _extra_headers(headers: dict) -> str | None:
+    """The headers a retry must send again, as tagged JSON text, or None."""
+    extra = None
+    for key in headers.keys() - REGENERATED_HEADERS:  # a set operation, in C
+        value = headers[key]
+        if value is None:
+            continue
+        default = _HEADER_DEFAULTS.get(key, _MISSING)
+        if default is not _MISSING and (
+            value == default or (type(value) is tuple and list(value) == default)
+        ):
+            continue
+        if extra is None:
+            extra = {}
+        extra[key] = value
+    return None if extra is None else tagged_json(extra)
+
+
+def _holds_secret(payload: str | bytes, json_body: bool, redact: tuple[str, ...]) -> str | None:
+    """The redacted name a body seems to hold (as a key, or anywhere in a
+    non-JSON body: erring on the side of not storing), or None."""
+    if isinstance(payload, str):
+        lowered = payload.lower()
+        hits = [name for name in redact if name in lowered]
+        if hits and json_body:  # a value mentioning "token" is not a secret
+            keys = _JSON_KEY.findall(payload)
+            # the store's rule (monitor.model.sensitive): a key containing the name
+            hits = [name for name in hits if any(sensitive(key, (name,)) for key in keys)]
+    else:
+        lowered_bytes = payload.lower()
+        hits = [name for name in redact if name.encode() in lowered_bytes]
+    return hits[0] if hits else None
+
+
+def publish_body(
+    sender: str | None,
+    body: Any,
+    headers: dict,
+    properties: dict | None,
+    settings: Any,
+    task_info: tuple[str, tuple[int, ...]] | None = None,
+) -> dict[str, Any]:
+    """The fields a republish of this (protocol 2) message needs.
+
+    ``body``: the message body as the serializer encodes it (base64 text when
+    its content encoding is ``binary``), with ``content_type`` and
+    ``content_encoding``; ``publish_headers``: the headers a retry sends again;
+    ``priority``. When the body cannot be kept, ``body_truncated`` (its size
+    in bytes, over ``max_field_bytes``) or ``body_error`` (why) instead: the
+    retry refuses such a task, saying so, rather than guess. ``task_info``:
+    :func:`_task_info_for` of ``sender``, when the caller has it already.
+    """
+    fields: dict[str, Any] = {}
+    if properties and properties.get("priority") is not None:
+        fields["priority"] = properties["priority"]
+    redact = settings.redact
+    serializer, secret_positions = task_info or _task_info_for(sender, redact)
+    args = body[0]
+    if secret_positions and (type(args) not in (list, tuple) or len(args) > secret_positions[0]):
+        fields["body_error"] = "a positional argument is a redacted parameter: not stored"
+        return fields
+    try:
+        encoder = serializer_registry._encoders.get(serializer)
+        if encoder is not None:  # kombu's dumps() without its per-call wrapping
+            content_type, encoding, payload = encoder[0], encoder[1], encoder[2](body)
+        else:  # raises SerializerNotInstalled, or encodes "raw"
+            content_type, encoding, payload = kombu_dumps(body, serializer=serializer)
+    except Exception as exc:  # noqa: BLE001 - the app's own serializer will say the same
+        fields["body_error"] = f"the {serializer} serializer cannot encode it: {brief(exc)}"
+        return fields
+    binary = isinstance(payload, bytes)
+    if binary and encoding != "binary":
+        try:
+            payload, binary = payload.decode(encoding), False
+        except (LookupError, UnicodeError):
+            encoding = "binary"
+    cap = settings.max_field_bytes
+    if binary:
+        size = len(payload)
+        stored = 4 * ((size + 2) // 3)  # base64 grows it by a third
+    elif len(payload) <= cap // 4:  # cannot exceed cap bytes in UTF-8: no encode
+        size = stored = 0
+    else:
+        size = stored = len(payload.encode("utf-8", "surrogatepass"))
+    if stored > cap:
+        # Never half a body: a cut message cannot be republished.
+        fields["body_truncated"] = size
+        return fields
+    secret = redact and _holds_secret(payload, content_type == "application/json", redact)
+    if secret:
+        fields["body_error"] = f"it holds a redacted name ({secret}): not stored"
+        return fields
+    try:
+        extra = _extra_headers(headers)
+    except Exception as exc:  # noqa: BLE001 - a header tagged JSON cannot carry
+        fields["body_error"] = f"a header cannot be encoded: {brief(exc)}"
+        return fields
+    secret = extra is not None and redact and _holds_secret(extra, True, redact)
+    if secret:
+        fields["body_error"] = f"a header holds a redacted name ({secret}): not stored"
+        return fields
+    fields["body"] = base64.b64encode(payload).decode("ascii") if binary else payload
+    fields["content_type"] = content_type
+    fields["content_encoding"] = encoding
+    if extra is not None:
+        fields["publish_headers"] = extra
+    return fields
+
+
 # -- producer ----------------------------------------------------------------
 @never_raise
 def before_task_publish(
@@ -89,14 +287,20 @@ def before_task_publish(
     routing_key: str | None = None,
     headers: dict | None = None,
     declare: list | None = None,
+    properties: dict | None = None,
     **kwargs: Any,
 ) -> None:
     headers = headers or {}
+    settings = _rec().settings
+    task_info = _task_info_for(sender, settings.redact)
     if "task" in headers:  # protocol 2: body = (args, kwargs, embed)
         task_id = headers.get("id")
-        args, kw = (
-            (body[0], body[1]) if isinstance(body, list | tuple) and len(body) >= 2 else ((), {})
-        )
+        if isinstance(body, list | tuple) and len(body) >= 2:
+            args, kw = body[0], body[1]
+            retry = publish_body(sender, body, headers, properties, settings, task_info)
+        else:
+            args, kw = (), {}
+            retry = {"body_error": "not a protocol 2 body (args, kwargs, embed)"}
         info = headers
         args_repr, kwargs_repr = headers.get("argsrepr"), headers.get("kwargsrepr")
         group_id = headers.get("group")
@@ -106,6 +310,12 @@ def before_task_publish(
         args, kw = info.get("args", ()), info.get("kwargs", {})
         args_repr, kwargs_repr = None, None
         group_id = info.get("taskset")
+        # its id is inside the body: a retry would have to decode and re-encode it
+        retry = {"body_error": "sent with message protocol 1 (task_protocol=1)"}
+    positions = task_info[1]
+    if positions:  # def login(user, password): ("bob", "***") in both forms
+        args = redact_positional(args, positions)
+        args_repr = redact_args_repr(args_repr, positions)
     queue = None
     if declare:
         queue = getattr(declare[0], "name", None)
@@ -130,6 +340,7 @@ def before_task_publish(
         parent_id=info.get("parent_id"),
         group_id=group_id,
         client=headers.get("origin"),
+        **retry,
     )
 
 
@@ -137,12 +348,16 @@ def before_task_publish(
 @never_raise
 def task_received(request: Any = None, **kwargs: Any) -> None:
     info = request.request_dict or {}
+    args = request.argsrepr
+    positions = _task_info_for(request.name, _rec().settings.redact)[1]
+    if positions:
+        args = redact_args_repr(args, positions)
     _rec().task(
         request.id,
         states.RECEIVED,
         request.hostname,
         name=request.name,
-        args=request.argsrepr,
+        args=args,
         kwargs=request.kwargsrepr,
         retries=info.get("retries"),
         eta=_plain(request.eta),

@@ -9,12 +9,15 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Iterator
 from typing import Any
 
 import redis
-from flask import Blueprint, current_app, jsonify, request
+from flask import Blueprint, Response, current_app, g, jsonify, request
 from werkzeug.exceptions import HTTPException
+from werkzeug.routing import PathConverter
 
+from .. import fastjson
 from ..store import Store
 from . import queries
 from .queries import QueryError
@@ -26,6 +29,10 @@ api = Blueprint("monitor_api", __name__)
 #: Children whose rows are inlined in a task's detail (more are listed by id only).
 MAX_CHILD_ROWS = 200
 MAX_STATS_MINUTES = 24 * 60
+#: Minutes of counters read per round trip.
+STATS_WINDOW = 60
+#: Counter fields one stats request reads at most (a day with many task names).
+STATS_FIELDS_BUDGET = 200_000
 
 
 def get_store() -> Store:
@@ -38,8 +45,46 @@ def error(message: str, status: int) -> Any:
     return response
 
 
+def check_request() -> None:
+    """What every API request must satisfy before its handler parses it (400 otherwise).
+
+    A parameter given twice is refused (which one would count?), and so is
+    any value longer than MAX_TEXT or an id / hostname in the path longer
+    than the store can hold; each handler then validates its own parameters.
+    """
+    for name, values in request.args.lists():
+        if len(values) > 1:
+            raise QueryError(f"parameter {name[:40]!r} is given more than once")
+        if len(name) > queries.MAX_TEXT or len(values[0]) > queries.MAX_TEXT:
+            raise QueryError(
+                f"parameter {name[:40]!r} is too long ({queries.MAX_TEXT} characters at most)"
+            )
+    for name, value in (request.view_args or {}).items():
+        queries.parse_key_part(name, value)
+
+
 def register_errors(bp: Blueprint) -> None:
-    """JSON errors for every API blueprint (pages keep HTML errors)."""
+    """Request checks, JSON errors and a Server-Timing header for every API blueprint
+    (pages keep HTML errors)."""
+
+    @bp.before_request
+    def _check() -> None:
+        g.monitor_started = time.perf_counter()
+        queries.request_started()
+        check_request()
+
+    @bp.teardown_request
+    def _done(_exc: BaseException | None) -> None:
+        if g.pop("monitor_started", None) is not None:
+            queries.request_finished()
+
+    @bp.after_request
+    def _timing(response: Response) -> Response:
+        started = g.get("monitor_started")
+        if started is not None:
+            elapsed = (time.perf_counter() - started) * 1000
+            response.headers["Server-Timing"] = f"app;dur={elapsed:.1f}"
+        return response
 
     @bp.errorhandler(QueryError)
     def _bad_query(exc: QueryError) -> Any:
@@ -55,6 +100,20 @@ def register_errors(bp: Blueprint) -> None:
         return error(exc.description or exc.name, exc.code or 500)
 
 
+class AnyPath(PathConverter):
+    """Werkzeug's ``path`` converter, newlines included: a task id or a hostname is
+    any text, and one with a newline must reach the handler (a JSON 404 or the
+    task), not fall through to the host app's HTML 404."""
+
+    regex = r"[^/](?s:.)*?"
+
+
+def register_converter(bp: Blueprint) -> None:
+    """Make ``<anypath:...>`` known to the app before ``bp``'s rules are added."""
+    bp.record_once(lambda state: state.app.url_map.converters.setdefault("anypath", AnyPath))
+
+
+register_converter(api)
 register_errors(api)
 
 
@@ -66,33 +125,74 @@ def task_detail(store: Store, task_id: str) -> dict[str, Any] | None:
     children = task.get("children") or []
     if children and len(children) <= MAX_CHILD_ROWS:
         task["children_rows"] = store.get_tasks(children)
+    # Is the worker that has (or had) this task alive, by Celery's heartbeat
+    # rule? A RECEIVED/STARTED task on an offline worker may be lost: the page
+    # says so instead of showing it as running. None: no worker known.
+    worker = store.worker(task["worker"]) if task.get("worker") else None
+    task["worker_online"] = worker["online"] if worker is not None else None
     return task
 
 
+def _minute_windows(
+    store: Store, minutes: int, now: float, budget: queries.Budget
+) -> Iterator[dict[str, Any]]:
+    """Per-minute counters, newest hour first, an hour per round trip, within the budget.
+
+    A day is 1,440 hashes, each with a few fields per task name: read at once it
+    would be one long slice of this process (and, with many names, a lot of
+    memory). Stops after STATS_FIELDS_BUDGET fields or the request's time.
+    """
+    last = int(now // 60)
+    first = last - minutes + 1
+    fields = 0
+    while last >= first:
+        n = min(STATS_WINDOW, last - first + 1)
+        window = store.minute_stats(n, last * 60.0)
+        for entry in reversed(window):
+            fields += len(entry["counters"])
+            yield entry
+        last -= n
+        queries.pause()
+        if last >= first and (fields >= STATS_FIELDS_BUDGET or budget.time_over()):
+            budget.cut = True
+            return
+
+
+def _count(value: Any) -> float:
+    number = queries.finite_float(value)
+    return 0.0 if number is None else number
+
+
 def stats(store: Store, minutes: int = 60, now: float | None = None) -> dict[str, Any]:
-    """GET /api/v1/stats body (also the "overview" push)."""
+    """GET /api/v1/stats body (also the "overview" push).
+
+    ``partial`` is true when the per-minute counters were too many to read
+    within the request's budget: ``minutes`` then starts later than asked.
+    """
     now = time.time() if now is None else now
+    budget = queries.Budget()
     per_minute = []
     runtime_sum: dict[str, float] = {}
     runtime_count: dict[str, int] = {}
     failures: dict[str, int] = {}
-    for entry in store.minute_stats(minutes, now):
+    for entry in _minute_windows(store, minutes, now, budget):
         row: dict[str, Any] = {"minute": entry["minute"]}
         for field, value in entry["counters"].items():
             if field.startswith("state:"):
-                row[_state_key(field[6:])] = int(float(value))
+                row[_state_key(field[6:])] = int(_count(value))
             elif field.startswith("rtsum:"):
                 name = field[6:]
-                runtime_sum[name] = runtime_sum.get(name, 0.0) + float(value)
+                runtime_sum[name] = runtime_sum.get(name, 0.0) + _count(value)
             elif field.startswith("rtcnt:"):
                 name = field[6:]
-                runtime_count[name] = runtime_count.get(name, 0) + int(float(value))
+                runtime_count[name] = runtime_count.get(name, 0) + int(_count(value))
             elif field.startswith("name:") and field.endswith(":FAILURE"):
                 name = field[5:-8]
-                failures[name] = failures.get(name, 0) + int(float(value))
+                failures[name] = failures.get(name, 0) + int(_count(value))
         for key in ("received", "started", "succeeded", "failed", "retried"):
             row.setdefault(key, 0)
         per_minute.append(row)
+    per_minute.reverse()  # oldest first
     slowest = sorted(
         (
             {"name": n, "avg_runtime": runtime_sum[n] / c, "count": c}
@@ -118,6 +218,7 @@ def stats(store: Store, minutes: int = 60, now: float | None = None) -> dict[str
         "failing": failing,
         "dropped": {k[8:]: v for k, v in meta.items() if k.startswith("dropped:")},
         "malformed": sum(v for k, v in meta.items() if k.startswith("malformed")),
+        "partial": budget.cut,
     }
 
 
@@ -140,10 +241,13 @@ def _state_key(state: str) -> str:
 @api.get("/tasks")
 def list_tasks() -> Any:
     query = queries.parse_query(request.args)
-    return jsonify(queries.list_tasks(get_store(), query))
+    # orjson: a page of 1,000 rows encodes in a fraction of the stdlib's time,
+    # one slice of this process during which no other request runs.
+    body = fastjson.dumps(queries.list_tasks(get_store(), query))
+    return Response(body, mimetype="application/json")
 
 
-@api.get("/tasks/<path:task_id>")
+@api.get("/tasks/<anypath:task_id>")
 def get_task(task_id: str) -> Any:
     task = task_detail(get_store(), task_id)
     if task is None:
@@ -153,7 +257,7 @@ def get_task(task_id: str) -> Any:
 
 @api.get("/task-names")
 def task_names() -> Any:
-    return jsonify({"names": get_store().task_names()})
+    return jsonify({"names": queries.task_names(get_store())})
 
 
 @api.get("/workers")
@@ -161,7 +265,7 @@ def workers() -> Any:
     return jsonify({"workers": get_store().workers()})
 
 
-@api.get("/workers/<path:hostname>")
+@api.get("/workers/<anypath:hostname>")
 def worker(hostname: str) -> Any:
     store = get_store()
     info = store.worker(hostname)
@@ -172,11 +276,7 @@ def worker(hostname: str) -> Any:
 
 @api.get("/stats")
 def get_stats() -> Any:
-    raw = request.args.get("minutes", "60")
-    try:
-        minutes = int(raw)
-    except ValueError:
-        raise QueryError(f"minutes must be an integer, got {raw!r}") from None
-    if not 1 <= minutes <= MAX_STATS_MINUTES:
-        raise QueryError(f"minutes must be between 1 and {MAX_STATS_MINUTES}")
+    minutes = queries.parse_bounded_int(
+        "minutes", request.args.get("minutes"), 60, 1, MAX_STATS_MINUTES
+    )
     return jsonify(stats(get_store(), minutes))

@@ -18,15 +18,19 @@ from typing import Any
 
 from flask import Blueprint, Response, current_app, request
 
-from ..store import LIST_FIELDS
-from . import queries
-from .api import error, get_store, register_errors
+from .. import fastjson
+from ..auth import Role
+from . import queries, security
+from .api import error, get_store, register_converter, register_errors
 from .inspect import InspectError
-from .queries import IndexWalk, QueryError, TaskQuery
+from .queries import OffsetQuery, QueryError
 
 logger = logging.getLogger(__name__)
 
+_float = queries.finite_float
+
 flower = Blueprint("monitor_flower", __name__)
+register_converter(flower)
 register_errors(flower)
 
 #: Flower's Task.as_dict() attributes, in its order.
@@ -75,49 +79,49 @@ _FLOAT_FIELDS = frozenset(
     }
 )
 _INT_FIELDS = frozenset({"retries", "clock"})
-_FETCH = tuple(
-    dict.fromkeys((*LIST_FIELDS, "traceback", "exchange", "routing_key", "clock", "client"))
+#: What a task list reads per task: Flower's attributes ("state" first: a task
+#: without one is gone).
+_FETCH = ("state", *(f for f in FLOWER_FIELDS if f not in ("uuid", "state")))
+#: Without ``limit`` Flower returns every task; we stop at this many (and clamp to it):
+#: what this process fetches and encodes well within the request's time budget.
+MAX_FLOWER_LIMIT = 5_000
+#: Offsets are clamped to this (pages by rank cost O(log N) whatever the offset).
+MAX_FLOWER_OFFSET = 10_000_000
+FLOWER_SORT_BY = (
+    "name",
+    "state",
+    "received",
+    "started",
+    "succeeded",
+    "runtime",
+    "timestamp",
+    "worker",
 )
-#: Without ``limit`` Flower returns every task; we stop at this many.
-DEFAULT_FLOWER_LIMIT = 10_000
-_SORT_BY = ("name", "state", "received", "started", "succeeded", "runtime", "timestamp", "worker")
 _DATE_FORMAT = "%Y-%m-%d %H:%M"
 
 
 def flower_task(task_id: str, fields: dict[str, Any]) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for key in FLOWER_FIELDS:
-        value = task_id if key == "uuid" else fields.get(key)
-        if value is not None and key in _FLOAT_FIELDS:
-            try:
-                value = float(value)
-            except (TypeError, ValueError):
-                pass
-        elif value is not None and key in _INT_FIELDS:
-            try:
-                value = int(float(value))
-            except (TypeError, ValueError):
-                pass
-        out[key] = value
+    out: dict[str, Any] = dict.fromkeys(FLOWER_FIELDS)
+    out["uuid"] = task_id
+    # Only the fields present: a list of 10,000 tasks goes through here.
+    for key, value in fields.items():
+        if key not in out or key == "uuid" or value is None:
+            continue
+        if key in _FLOAT_FIELDS:
+            number = _float(value)
+            # a stored value that is not a finite number stays text
+            out[key] = value if number is None else number
+        elif key in _INT_FIELDS:
+            number = _float(value)
+            out[key] = value if number is None else int(number)
+        else:
+            out[key] = value
     return out
 
 
 def _json(payload: Any) -> Response:
     # Keep insertion order (newest first): jsonify would sort the keys.
-    return Response(json.dumps(payload, ensure_ascii=False), mimetype="application/json")
-
-
-def _int_arg(name: str, default: int | None) -> int | None:
-    raw = request.args.get(name)
-    if raw is None or raw == "":
-        return default
-    try:
-        value = int(raw)
-    except ValueError:
-        raise QueryError(f"{name} must be an integer, got {raw!r}") from None
-    if value < 0:
-        raise QueryError(f"{name} must be >= 0")
-    return value
+    return Response(fastjson.dumps(payload), mimetype="application/json")
 
 
 def _date_arg(name: str) -> float | None:
@@ -127,9 +131,12 @@ def _date_arg(name: str) -> float | None:
     try:
         parsed = datetime.strptime(raw, _DATE_FORMAT)
     except ValueError:
-        raise QueryError(f"{name} must look like 2024-01-31 13:45, got {raw!r}") from None
+        raise QueryError(f"{name} must look like 2024-01-31 13:45, got {raw[:40]!r}") from None
     # Flower compares with naive local datetimes built from event timestamps.
-    return parsed.timestamp()
+    try:
+        return parsed.timestamp()
+    except (OverflowError, OSError, ValueError):  # year 1 or 9999 in some time zones
+        raise QueryError(f"{name} is out of range, got {raw[:40]!r}") from None
 
 
 def _all(value: str | None) -> str | None:
@@ -138,96 +145,52 @@ def _all(value: str | None) -> str | None:
 
 @flower.get("/tasks")
 def tasks() -> Any:
+    """Flower's task list: ``{id: task}`` newest first (or by ``sort_by``).
+
+    ``GET /api/tasks?state=FAILURE&limit=2`` ->
+    ``{"9b1c...": {"uuid": "9b1c...", "name": "proj.add", "state": "FAILURE", ...}, ...}``
+
+    ``limit`` is clamped to 1..5,000 (absent or below 1: 5,000) and ``offset``
+    to 0..10,000,000. Filters the indexes answer (one of state, taskname,
+    workername, or several states) page by rank whatever the offset; others
+    (two of them, search, received range) scan newest-first within the scan
+    budget and return fewer rows when it runs out (Flower's shape has no cursor).
+    ``sort_by`` sorts the newest 10,000 matching tasks. Any page also stops at
+    0.8 s of server time or 8 MiB of values (fewer rows).
+    """
     store = get_store()
-    limit = _int_arg("limit", None) or DEFAULT_FLOWER_LIMIT
-    limit = min(limit, DEFAULT_FLOWER_LIMIT)
-    offset = _int_arg("offset", 0) or 0
+    limit = queries.clamp_int(
+        "limit", request.args.get("limit"), MAX_FLOWER_LIMIT, 0, MAX_FLOWER_LIMIT
+    )
     sort_by = request.args.get("sort_by") or None
     desc = False
     if sort_by:
         desc = sort_by.startswith("-")
         sort_by = sort_by.lstrip("-")
-        if sort_by not in _SORT_BY:
-            raise QueryError(f"sort_by must be one of {', '.join(_SORT_BY)}")
-    received_start = _date_arg("received_start")
-    received_end = _date_arg("received_end")
-    search = (request.args.get("search") or "").strip().lower() or None
-    query = TaskQuery(
+        if sort_by not in FLOWER_SORT_BY:
+            raise QueryError(f"sort_by must be one of {', '.join(FLOWER_SORT_BY)}")
+    query = OffsetQuery(
         states=queries.parse_states(_all(request.args.get("state"))),
-        name=_all(request.args.get("taskname")),
-        worker=_all(request.args.get("workername")),
-        # A task's index score is its last update, never before it was received.
-        since=received_start,
+        name=queries.parse_key_part("taskname", _all(request.args.get("taskname"))),
+        worker=queries.parse_key_part("workername", _all(request.args.get("workername"))),
+        received_start=_date_arg("received_start"),
+        received_end=_date_arg("received_end"),
+        search=queries.parse_text("search", request.args.get("search")),
+        sort_by=sort_by,
+        desc=desc,
+        offset=queries.clamp_int("offset", request.args.get("offset"), 0, 0, MAX_FLOWER_OFFSET),
+        limit=limit or MAX_FLOWER_LIMIT,
     )
-    key = queries._index_for(store, query)
-    predicate = (
-        queries._needs_predicate(query, key, store) or received_start or received_end or search
-    )
-    wanted = (SORT_LIMIT if sort_by else offset + limit) if predicate or sort_by else limit
-    if not predicate and not sort_by:
-        # Fast path: one range read at the offset, one pipelined fetch.
-        ids = store.redis.zrevrange(key, offset, offset + limit - 1)
-        rows = store.get_tasks(ids, _FETCH)
-    else:
-        rows = _scan(store, query, key, wanted, received_start, received_end, search)
-        if sort_by:
-            rows.sort(key=lambda r: queries._sort_value(r, sort_by), reverse=desc)
-        rows = rows[offset : offset + limit]
-    return _json({row["id"]: flower_task(row["id"], row) for row in rows})
+    # Encoded a chunk of rows at a time: the page's rows are never all held as dicts.
+    parts = [
+        fastjson.dumps({row["id"]: flower_task(row["id"], row) for row in rows})[1:-1]
+        for rows in queries.offset_page(store, query, _FETCH)
+        if rows
+    ]
+    return Response(b"{" + b",".join(parts) + b"}", mimetype="application/json")
 
 
-SORT_LIMIT = queries.SORT_LIMIT
-
-
-def _scan(
-    store: Any,
-    query: TaskQuery,
-    key: str,
-    wanted: int,
-    received_start: float | None,
-    received_end: float | None,
-    search: str | None,
-) -> list[dict[str, Any]]:
-    walk = IndexWalk(store, key, True, query.since, None, None)
-    rows: list[dict[str, Any]] = []
-    scanned = 0
-    for batch in walk.batches():
-        for row in store.get_tasks([task_id for task_id, _ in batch], _FETCH):
-            if not queries._matches_filters(
-                query, row.get("state"), row.get("name"), row.get("worker")
-            ):
-                continue
-            received = _float(row.get("received"))
-            if received_start is not None and (received is None or received < received_start):
-                continue
-            if received_end is not None and (received is None or received > received_end):
-                continue
-            if search and not _search_hit(row, search):
-                continue
-            rows.append(row)
-            if len(rows) >= wanted:
-                return rows
-        scanned += len(batch)
-        if scanned >= queries.SCAN_BUDGET * 4:
-            break
-    return rows
-
-
-def _search_hit(row: dict[str, Any], needle: str) -> bool:
-    return any(
-        needle in str(row.get(f) or "").lower()
-        for f in ("id", "name", "args", "kwargs", "result", "exception")
-    )
-
-
-def _float(value: Any) -> float | None:
-    try:
-        return float(value) if value is not None else None
-    except (TypeError, ValueError):
-        return None
-
-
-@flower.get("/task/info/<path:task_id>")
+@flower.get("/task/info/<anypath:task_id>")
 def task_info(task_id: str) -> Any:
     store = get_store()
     fields = store.redis.hgetall(store.keys.task(task_id))
@@ -241,7 +204,7 @@ def task_info(task_id: str) -> Any:
 
 @flower.get("/task/types")
 def task_types() -> Any:
-    return _json({"task-types": sorted(get_store().task_names())})
+    return _json({"task-types": sorted(queries.task_names(get_store()))})
 
 
 def flower_worker(
@@ -289,21 +252,33 @@ def _truthy(name: str) -> bool:
 
 @flower.get("/workers")
 def workers() -> Any:
+    """Flower's workers: ``{hostname: info}``.
+
+    ``GET /api/workers?refresh=1`` -> ``{"celery@w1": {"registered": [...],
+    "stats": {...}, "active_queues": [...], "conf": {...}, "status": true, ...}}``
+
+    ``refresh=1`` broadcasts Celery's inspect (one set of broadcasts at a time
+    in this process; a refresh of the last few seconds is reused).
+    """
     store = get_store()
     inspector = current_app.extensions["monitor"].inspector
-    workername = request.args.get("workername") or None
+    workername = queries.parse_key_part("workername", request.args.get("workername"))
+    # An unknown worker is refused before asking anyone: no broadcast per made-up name.
+    found = [store.worker(workername)] if workername else store.workers()
+    if workername and found[0] is None:
+        return error(f"Unknown worker '{workername}'", 404)
     if _truthy("refresh"):
+        # Broadcasts reach every worker: an operator's call once users exist
+        # (without users they stay open, bounded by the inspector).
         try:
-            inspector.refresh(workername)
+            security.check_role(Role.OPERATOR)
+        except security.Denied as exc:
+            return security.denied_response(exc)
+        try:
+            # Replies from the workers known online end each broadcast early.
+            inspector.refresh(workername, expected=sum(1 for w in found if w["online"]))
         except InspectError as exc:
             return error(f"Failed to update workers: {exc}", 503)
-    if workername:
-        worker = store.worker(workername)
-        if worker is None:
-            return error(f"Unknown worker '{workername}'", 404)
-        found = [worker]
-    else:
-        found = store.workers()
     if _truthy("status"):
         return _json({w["hostname"]: bool(w["online"]) for w in found})
     return _json({w["hostname"]: flower_worker(w, inspector.cached(w["hostname"])) for w in found})

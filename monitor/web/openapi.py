@@ -8,8 +8,22 @@ from typing import Any
 from flask import Blueprint, current_app, jsonify
 
 from .. import __version__
-from ..store import LIST_FIELDS
-from .queries import MAX_LIMIT, SORT_FIELDS
+from ..store import LIST_FIELDS, MAX_KEY_PART
+from .api import MAX_STATS_MINUTES
+from .flower_api import FLOWER_SORT_BY, MAX_FLOWER_LIMIT, MAX_FLOWER_OFFSET
+from .inspect import REFRESH_REUSE, REFRESH_WAIT
+from .queries import (
+    DEFAULT_LIMIT,
+    MAX_EPOCH,
+    MAX_LIMIT,
+    MAX_NAMES,
+    MAX_STATES,
+    MAX_TEXT,
+    SCAN_BUDGET,
+    SCAN_SECONDS,
+    SORT_FIELDS,
+    SORT_LIMIT,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -36,6 +50,10 @@ _ERROR = {
     "description": "bad parameter",
     "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}},
 }
+_UNAVAILABLE = {
+    "description": "Redis is unavailable",
+    "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}},
+}
 _NOT_FOUND = {
     "description": "unknown id",
     "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}},
@@ -57,20 +75,34 @@ def _get(
     }
 
 
+def _text(max_length: int = MAX_TEXT, **extra: Any) -> dict[str, Any]:
+    return {"type": "string", "maxLength": max_length, **extra}
+
+
 def spec(prefix: str = "") -> dict[str, Any]:
     row = {"$ref": "#/components/schemas/Row"}
+    key_part = _text(MAX_KEY_PART)
+    epoch = {"type": "number", "minimum": 0, "maximum": MAX_EPOCH}
     task_filters = [
-        _param("state", "task state, or several separated by commas (SUCCESS,FAILURE)"),
-        _param("name", "task name"),
-        _param("worker", "worker hostname"),
-        _param("since", "updated at or after (epoch seconds)", {"type": "number"}),
-        _param("until", "updated at or before (epoch seconds)", {"type": "number"}),
         _param(
-            "q", "text in id/args/kwargs/result/exception (newest-first scan with a time budget)"
+            "state",
+            f"task state, or up to {MAX_STATES} separated by commas (SUCCESS,FAILURE),"
+            " served from the state indexes",
+            _text(),
+        ),
+        _param("name", "task name", key_part),
+        _param("worker", "worker hostname", key_part),
+        _param("since", "updated at or after (epoch seconds)", epoch),
+        _param("until", "updated at or before (epoch seconds)", epoch),
+        _param(
+            "q",
+            "text in id/args/kwargs/result/exception: a newest-first scan of at most"
+            f" {SCAN_BUDGET:,} tasks or {SCAN_SECONDS} s; next_cursor continues it",
+            _text(),
         ),
         _param(
             "sort",
-            "sort field",
+            f"sort field; other than updated: in memory, 400 above {SORT_LIMIT:,} matching tasks",
             {"type": "string", "enum": list(SORT_FIELDS), "default": "updated"},
         ),
         _param(
@@ -79,17 +111,22 @@ def spec(prefix: str = "") -> dict[str, Any]:
         _param(
             "limit",
             "rows per page",
-            {"type": "integer", "minimum": 1, "maximum": MAX_LIMIT, "default": 100},
+            {"type": "integer", "minimum": 1, "maximum": MAX_LIMIT, "default": DEFAULT_LIMIT},
         ),
-        _param("cursor", "next_cursor of the previous page"),
+        _param("cursor", "next_cursor of the previous page", _text(64)),
     ]
+    task_id = [_param("id", "task id", key_part, where="path")]
+    hostname = [_param("hostname", "worker hostname", key_part, where="path")]
+    date = _text(16, pattern=r"^[0-9]{4}-[0-9]{2}-[0-9]{2} [0-9]{2}:[0-9]{2}$")
     paths = {
         "/api/v1/tasks": _get(
             "Tasks, newest first, filtered and paged",
             task_filters,
             {
                 "200": _ok(
-                    "a page",
+                    "a page; total is null when the indexes cannot count the filters"
+                    " exactly; a scan that ran out of budget returns fewer rows and a"
+                    " next_cursor to continue",
                     {
                         "type": "object",
                         "properties": {
@@ -98,20 +135,22 @@ def spec(prefix: str = "") -> dict[str, Any]:
                             "next_cursor": {"type": ["string", "null"]},
                             "scanned": {"type": "integer"},
                         },
+                        "required": ["tasks", "total", "next_cursor"],
                     },
                 ),
                 "400": _ERROR,
+                "503": _UNAVAILABLE,
             },
             "tasks",
         ),
         "/api/v1/tasks/{id}": _get(
             "One task with its timeline, children and group",
-            [_param("id", "task id", where="path")],
-            {"200": _ok("the task"), "404": _NOT_FOUND},
+            task_id,
+            {"200": _ok("the task"), "400": _ERROR, "404": _NOT_FOUND, "503": _UNAVAILABLE},
             "tasks",
         ),
         "/api/v1/task-names": _get(
-            "Task names seen",
+            f"Task names seen, most recent first (at most {MAX_NAMES:,})",
             [],
             {
                 "200": _ok(
@@ -120,17 +159,22 @@ def spec(prefix: str = "") -> dict[str, Any]:
                         "type": "object",
                         "properties": {"names": {"type": "array", "items": {"type": "string"}}},
                     },
-                )
+                ),
+                "400": _ERROR,
+                "503": _UNAVAILABLE,
             },
             "tasks",
         ),
         "/api/v1/workers": _get(
-            "Workers with online/offline status", [], {"200": _ok("workers")}, "workers"
+            "Workers with online/offline status",
+            [],
+            {"200": _ok("workers"), "400": _ERROR, "503": _UNAVAILABLE},
+            "workers",
         ),
         "/api/v1/workers/{hostname}": _get(
             "One worker and its newest 100 tasks",
-            [_param("hostname", "worker hostname", where="path")],
-            {"200": _ok("the worker"), "404": _NOT_FOUND},
+            hostname,
+            {"200": _ok("the worker"), "400": _ERROR, "404": _NOT_FOUND, "503": _UNAVAILABLE},
             "workers",
         ),
         "/api/v1/stats": _get(
@@ -139,56 +183,101 @@ def spec(prefix: str = "") -> dict[str, Any]:
                 _param(
                     "minutes",
                     "minutes of history",
-                    {"type": "integer", "minimum": 1, "maximum": 1440, "default": 60},
+                    {"type": "integer", "minimum": 1, "maximum": MAX_STATS_MINUTES, "default": 60},
                 )
             ],
-            {"200": _ok("statistics"), "400": _ERROR},
+            {"200": _ok("statistics"), "400": _ERROR, "503": _UNAVAILABLE},
             "stats",
         ),
         "/api/tasks": _get(
             "Flower-compatible task list (object id -> task)",
             [
-                _param("limit", "maximum number of tasks", {"type": "integer"}),
-                _param("offset", "skip the first n tasks", {"type": "integer"}),
-                _param("sort_by", "name, state, received, started (prefix - for descending)"),
-                _param("workername", "worker hostname"),
-                _param("taskname", "task name"),
-                _param("state", "task state"),
-                _param("received_start", "received after (%Y-%m-%d %H:%M)"),
-                _param("received_end", "received before (%Y-%m-%d %H:%M)"),
-                _param("search", "text search"),
+                _param(
+                    "limit",
+                    f"maximum number of tasks, clamped to 1..{MAX_FLOWER_LIMIT:,}"
+                    f" (absent or below 1: {MAX_FLOWER_LIMIT:,})",
+                    {"type": "integer"},
+                ),
+                _param(
+                    "offset",
+                    f"skip the first n tasks, clamped to 0..{MAX_FLOWER_OFFSET:,}",
+                    {"type": "integer"},
+                ),
+                _param(
+                    "sort_by",
+                    f"sort the newest {SORT_LIMIT:,} matching tasks by this field"
+                    " (prefix - for descending)",
+                    {
+                        "type": "string",
+                        "enum": [*FLOWER_SORT_BY, *(f"-{f}" for f in FLOWER_SORT_BY)],
+                    },
+                ),
+                _param("workername", "worker hostname", key_part),
+                _param("taskname", "task name", key_part),
+                _param("state", "task state, or several separated by commas", _text()),
+                _param("received_start", "received after (%Y-%m-%d %H:%M, local time)", date),
+                _param("received_end", "received before (%Y-%m-%d %H:%M, local time)", date),
+                _param(
+                    "search",
+                    "text in id/name/args/kwargs/result/exception",
+                    _text(),
+                ),
             ],
-            {"200": _ok("tasks by id"), "400": _ERROR},
+            {
+                "200": _ok(
+                    "tasks by id. Two filters together, search or a received range scan"
+                    f" newest-first at most {SCAN_BUDGET:,} tasks or {SCAN_SECONDS} s: a scan"
+                    " that runs out returns fewer tasks (this shape has no cursor)"
+                ),
+                "400": _ERROR,
+                "503": _UNAVAILABLE,
+            },
             "flower",
         ),
         "/api/task/info/{id}": _get(
             "Flower-compatible task info",
-            [_param("id", "task id", where="path")],
-            {"200": _ok("the task"), "404": _NOT_FOUND},
+            task_id,
+            {"200": _ok("the task"), "400": _ERROR, "404": _NOT_FOUND, "503": _UNAVAILABLE},
             "flower",
         ),
         "/api/task/types": _get(
-            "Flower-compatible task types", [], {"200": _ok('{"task-types": [...]}')}, "flower"
+            "Flower-compatible task types",
+            [],
+            {"200": _ok('{"task-types": [...]}'), "400": _ERROR, "503": _UNAVAILABLE},
+            "flower",
         ),
         "/api/workers": _get(
             "Flower-compatible workers (object hostname -> info)",
             [
-                _param("workername", "only this worker"),
-                _param("status", "only online status (true/false per worker)", {"type": "boolean"}),
+                _param("workername", "only this worker", key_part),
+                _param(
+                    "status",
+                    "only online status (true/false per worker); 1/true/yes/on",
+                    {"type": "boolean"},
+                ),
                 _param(
                     "refresh",
                     "ask the workers now (Celery inspect: stats, active_queues, registered,"
                     " conf; with workername also active, scheduled, reserved, revoked);"
-                    " replies are cached for later requests",
+                    " replies are cached for later requests. One set of broadcasts at a"
+                    f" time; a refresh of the last {REFRESH_REUSE:g} s is reused; a request"
+                    f" waits at most {REFRESH_WAIT:g} s, then answers with the replies so far",
                     {"type": "boolean"},
                 ),
             ],
             {
                 "200": _ok("workers by hostname"),
+                "400": _ERROR,
                 "404": _NOT_FOUND,
-                "503": _ok("the broker is unreachable: {error}"),
+                "503": _ok("the broker (or Redis) is unreachable: {error}"),
             },
             "flower",
+        ),
+        "/api/v1/me": _get(
+            "Who you are: user, whether you may act (and why not), your CSRF token",
+            [],
+            {"200": _ok("{user, can_act, actions_refusal, csrf_token}")},
+            "meta",
         ),
         "/api/openapi.json": _get("This document", [], {"200": _ok("OpenAPI 3 document")}, "meta"),
         "/metrics": {
@@ -204,6 +293,12 @@ def spec(prefix: str = "") -> dict[str, Any]:
             }
         },
     }
+    # The action endpoints document themselves (monitor.web.actions_api, flower_control).
+    from .actions_api import openapi_paths as action_paths
+    from .flower_control import openapi_paths as flower_control_paths
+
+    paths.update(action_paths())
+    paths.update(flower_control_paths())
     row_props = {name: {"type": "string"} for name in ("id", *LIST_FIELDS)}
     return {
         "openapi": "3.1.0",

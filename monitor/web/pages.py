@@ -3,6 +3,10 @@
 Each page renders ``page.html`` with the page's name and parameters; the
 JavaScript (``static/monitor/monitor.js``) draws it from the REST API and the
 Socket.IO rooms. URLs follow Flower's so existing bookmarks keep working.
+The page's config (who is looking, may they act, the CSRF token its POSTs
+carry) travels as JSON in a non-executable ``<script type="application/json">``:
+the Content-Security-Policy allows no inline script. The header (user, log
+out) is rendered here, so it works before any script runs.
 """
 
 from __future__ import annotations
@@ -11,6 +15,8 @@ from typing import Any
 
 from flask import current_app, render_template, url_for
 
+from ..auth import Role
+from . import security
 from .blueprint import bp
 
 
@@ -22,10 +28,28 @@ def _page(page: str, title: str, **params: Any) -> str:
         "params": params,
         "prefix": prefix,
         "api": prefix + "/api/v1",
-        "socketio_path": prefix + "/socket.io",
+        "socketio_path": ext.socketio_path,
+        "socketio_namespace": ext.namespace,
         "static": url_for("monitor.static", filename=""),
+        **security.page_config(),  # who is looking, may they act, CSRF token
     }
-    return render_template("monitor/page.html", page=page, title=title, config_json=config)
+    user = config.get("user")
+    # The audit log is for operators once users exist (the API says the same).
+    may_audit = not config.get("users_configured") or (
+        user is not None and Role.parse(user["role"]).allows(Role.OPERATOR)
+    )
+    config["may_audit"] = may_audit
+    return render_template(
+        "monitor/page.html",
+        page=page,
+        title=title,
+        config_json=config,
+        user=user,
+        users_configured=config.get("users_configured"),
+        can_act=config.get("can_act"),
+        may_audit=may_audit,
+        csrf_token=config.get("csrf_token"),
+    )
 
 
 @bp.get("/")
@@ -51,3 +75,17 @@ def workers() -> str:
 @bp.get("/worker/<path:hostname>")
 def worker(hostname: str) -> str:
     return _page("worker", f"Worker {hostname}", hostname=hostname)
+
+
+@bp.get("/bulk")
+@security.require(Role.OPERATOR)
+def bulk() -> str:
+    """Retry or revoke the tasks a filter selects: dry run, confirm, live progress."""
+    return _page("bulk", "Bulk actions")
+
+
+@bp.get("/audit")
+@security.require(Role.OPERATOR)
+def audit() -> str:
+    """The audit log, newest first (operators; open while no user exists)."""
+    return _page("audit", "Audit log")

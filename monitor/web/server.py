@@ -23,9 +23,10 @@ the standard library before importing it).
 from __future__ import annotations
 
 import logging
-import os
 import warnings
 from typing import Any
+
+from ..config import mask_url
 
 logger = logging.getLogger(__name__)
 
@@ -44,14 +45,28 @@ def monkey_patch() -> None:
 
 
 def _wsgi_server(flask_app: Any, host: str, port: int) -> Any:
-    """gevent's WSGI server with TCP_NODELAY on every connection.
+    """gevent's WSGI server with TCP_NODELAY on every connection, and fair reads.
 
-    Without it, a keep-alive client (requests.Session, browsers) waits for the
-    tail of a response on Nagle + delayed ACK: +40 ms per API call.
+    Without TCP_NODELAY, a keep-alive client (requests.Session, browsers) waits
+    for the tail of a response on Nagle + delayed ACK: +40 ms per API call.
+
+    Fair reads: simple-websocket's reader parses whatever the kernel holds
+    without yielding, so a client that writes 20,000 messages at once held the
+    whole process (every other client's live updates) until they were parsed.
+    Each ``recv`` on a connection now lets the other greenlets run first.
     """
     import socket
 
+    import gevent
     from gevent import pywsgi
+    from gevent import socket as gsocket
+
+    class FairSocket(gsocket.socket):
+        __slots__ = ()
+
+        def recv(self, *args: Any) -> bytes:
+            gevent.sleep(0)
+            return super().recv(*args)
 
     class Server(pywsgi.WSGIServer):
         def handle(self, sock: Any, address: Any) -> None:
@@ -59,6 +74,8 @@ def _wsgi_server(flask_app: Any, host: str, port: int) -> Any:
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             except OSError:  # a unix socket or an already closed one
                 pass
+            if type(sock) is gsocket.socket:
+                sock.__class__ = FairSocket  # same layout: only recv differs
             super().handle(sock, address)
 
     return Server((host, port), flask_app, log=None)
@@ -104,25 +121,50 @@ def _stop_on_signals(server: Any) -> None:
         gevent.signal_handler(signum, stop)
 
 
+def warn_if_exposed(settings: Any, ext: Any) -> bool:
+    """Bound beyond loopback with no user: anyone who reaches the port reads
+    everything. Say so (actions stay off without users). True when warned."""
+    import ipaddress
+
+    host = settings.host
+    try:
+        loopback = host == "localhost" or ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        loopback = False
+    try:
+        configured = ext.auth.users_configured()
+    except Exception:  # noqa: BLE001 - Redis away at start-up: warn, to be safe
+        configured = False
+    if loopback or configured:
+        return False
+    logger.warning(
+        "monitor: serving on %s with no user configured: anyone who reaches this port can "
+        "read every task (actions stay off). Add one with `python -m monitor users add "
+        "NAME --role operator`, or bind to 127.0.0.1.",
+        host,
+    )
+    return True
+
+
 def run_server(settings: Any, events: bool = True, app: Any = None) -> None:
     """Serve until KeyboardInterrupt (Ctrl-C, or SIGTERM through the CLI)."""
     monkey_patch()
-    from . import socketio
-
     flask_app, receiver = build(settings, events, app)
-    hub = flask_app.extensions["monitor"].hub
+    ext = flask_app.extensions["monitor"]
+    hub = ext.hub
     prefix = settings.url_prefix or ""
     logger.info(
         "celery monitor on http://%s:%d%s/ (redis %s, prefix %r, events %s)",
         settings.host,
         settings.port,
         prefix,
-        settings.redis_url,
+        mask_url(settings.redis_url),
         settings.prefix,
         "on" if events else "off",
     )
+    warn_if_exposed(settings, ext)
     server = _wsgi_server(flask_app, settings.host, settings.port)
-    socketio.wsgi_server = server
+    ext.socketio.wsgi_server = server  # SocketIO.stop() stops it
     _stop_on_signals(server)
     try:
         server.serve_forever()
@@ -139,6 +181,5 @@ def gunicorn_app() -> Any:
     from ..config import Settings
 
     settings = Settings.from_env()
-    events = os.environ.get("MONITOR_SERVE_EVENTS", "1").lower() not in ("0", "false", "no", "off")
-    flask_app, _receiver = build(settings, events)
+    flask_app, _receiver = build(settings, settings.serve_events)
     return flask_app
