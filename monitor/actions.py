@@ -1,4 +1,5 @@
-"""Operator actions on a Celery cluster: the only code that acts on it.
+"""Operator actions on a Celery cluster (Flower's task-calling endpoints,
+``apply``/``send-task``/``abort``, publish from :mod:`monitor.web.flower_control`).
 
 A :class:`Controller` (a Celery app, the :class:`~monitor.store.Store`, the
 :class:`~monitor.config.Settings`) revokes and terminates tasks, retries a
@@ -439,7 +440,7 @@ class Controller:
         against a broker that is down."""
         try:
             with self.app.connection_for_write() as conn:
-                conn.ensure_connection(max_retries=1)
+                conn.ensure_connection(max_retries=1, interval_start=0)
         except Exception as exc:  # noqa: BLE001 - transport-specific errors
             raise ActionError(
                 f"broker unreachable: {type(exc).__name__}: {exc}", 503, "broker"
@@ -929,7 +930,7 @@ class Controller:
         or None when the broker has no such queue."""
         try:
             with self.app.connection_for_write() as conn:
-                conn.ensure_connection(max_retries=1)
+                conn.ensure_connection(max_retries=1, interval_start=0)
                 with conn.channel() as channel:
                     try:
                         return int(channel.queue_declare(queue=queue, passive=True).message_count)
@@ -961,7 +962,7 @@ class Controller:
         before = self.queue_depth(queue)
         try:
             with self.app.connection_for_write() as conn:
-                conn.ensure_connection(max_retries=1)
+                conn.ensure_connection(max_retries=1, interval_start=0)
                 with conn.channel() as channel:
                     purged = channel.queue_purge(before["queue"])
         except Exception as exc:  # noqa: BLE001 - transport-specific errors

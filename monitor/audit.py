@@ -204,6 +204,8 @@ class AuditLog:
         try:
             at = float(fields.get("at", ""))
         except ValueError:
+            at = math.nan
+        if not math.isfinite(at):  # "1e400" would be Infinity: not JSON a browser parses
             at = int(entry_id.split("-")[0]) / 1000.0
         status = fields.get("status", "")
         row: dict[str, Any] = {"id": entry_id, "at": at}

@@ -212,7 +212,8 @@ class Settings:
     redact: tuple[str, ...] = _setting(
         ("password", "passwd", "secret", "token", "api_key", "apikey", "authorization"),
         _parse_names,
-        "comma-separated kwarg names whose values are stored as '***'",
+        "comma-separated names: a value is stored as '***' when the key it is stored under "
+        "(at any depth) or its positional parameter's name contains one, case-insensitively",
     )
     buffer_size: int = _setting(
         10_000, _positive(int), "records a process buffers while Redis is away"
@@ -305,7 +306,10 @@ class Settings:
         "default: the bound address and localhost names",
     )
     hide_args_from_viewers: bool = _setting(
-        False, _parse_bool, "viewers see no args, kwargs, results or progress meta"
+        False,
+        _parse_bool,
+        "viewers see no args, kwargs, results, progress meta or traceback, "
+        "and only the type of an exception",
     )
 
     def __repr__(self) -> str:

@@ -247,3 +247,14 @@ def test_foreign_entries_in_the_stream_are_read_as_data(audit, store):
     assert first["who"] == "" and first["params"] is None and first["ok"] is False
     assert second["params"] == "{not json" and second["status"] == "9999"
     assert second["at"] == int(second["id"].split("-")[0]) / 1000.0
+
+
+def test_a_stored_non_finite_time_reads_as_the_entry_ids_time(settings, store):
+    from monitor.audit import AuditLog
+
+    log = AuditLog(store.redis, store.keys, settings)
+    entry_id = log.record("olga", "operator", "session", "task.revoke", target="t")
+    store.redis.xadd(store.keys.audit, {"at": "1e400", "who": "x", "action": "a"})
+    entries = log.list(limit=10)["entries"]
+    assert all(isinstance(e["at"], float) and e["at"] < 1e11 for e in entries)
+    assert entries[-1]["id"] == entry_id

@@ -23,7 +23,7 @@ from .test_actions_api import T, basic, bearer, last_entry, session_client, star
 
 pytestmark = pytest.mark.slow
 
-BROKER = "redis://127.0.0.1:6379/14"
+BROKER = "redis://127.0.0.1:6379/15"
 
 
 @pytest.fixture(scope="module")

@@ -354,6 +354,20 @@ def test_visible_task_hides_data_from_who_may_not_see_it():
     assert visible_row(plain, False) is plain
 
 
+def test_visible_task_takes_odd_rows_as_they_are():
+    task = {"id": "a", "children_rows": [None, "x", {"id": "c", "body": "b"}], "hidden": 1}
+    shown = visible_task(task, False)
+    assert shown["children_rows"] == [None, "x", {"id": "c"}] and shown["hidden"] == 1
+    odd = {"id": "b", "children_rows": "not a list", "exception": 42}
+    assert visible_task(odd, False) == {
+        "id": "b",
+        "children_rows": "not a list",
+        "exception": "",
+        "hidden": ["exception"],
+    }
+    assert visible_task(odd, True) is odd
+
+
 @pytest.mark.parametrize(
     ("text", "kind"),
     [
@@ -630,10 +644,14 @@ def test_signal_hooks_store_no_secret(store, settings):
     worker = WorkerProcess(broker=BROKER, queue=queue, prefix=prefix, hooks=True)
     try:
         worker.start()
-        ids = {
-            what: login.apply_async(args, kwargs, queue=queue).id
-            for what, (args, kwargs) in _calls("sig").items()
-        }
+        calls = _calls("sig")
+        # by name first, the task still a promise of the app (never finalized,
+        # never used): the hook reads its parameters off the promise
+        assert not app.finalized and login.__evaluated__() is False
+        ids = {"positional": app.send_task(T + "login", *calls.pop("positional")).id}
+        ids.update(
+            (what, login.apply_async(args, kwargs).id) for what, (args, kwargs) in calls.items()
+        )
         check_common(store, ids, "sig", signals=True)
     finally:
         worker.stop()

@@ -205,6 +205,8 @@ def test_cross_site_writes_are_refused_whatever_the_credentials(make_app, users)
         "/api/v1/test-action/t", headers={**basic("olga"), "Origin": "http://localhost"}
     )
     assert same.status_code == 200
+    # refused before the view runs, and audited all the same
+    assert [e["ok"] for e in security_audit(app)] == [True, False, False, False]
 
 
 def test_read_only_refuses_every_action(make_app, users):
@@ -279,3 +281,18 @@ def test_inspect_broadcasts_need_an_operator_once_users_exist(make_app, users):
     assert client.get("/api/workers", headers=basic("vic")).status_code == 200
     # an operator gets through to the broadcast (here: a broker that is not there)
     assert client.get("/api/workers?refresh=1", headers=basic("olga")).status_code == 503
+
+
+def test_viewers_do_not_see_arguments_when_hidden_and_nobody_sees_the_body(make_app, users):
+    from monitor.model import TaskEvent
+
+    app = make_app(hide_args_from_viewers=True)
+    store = app.extensions["monitor"].store
+    fields = {"name": "n", "args": "('card-4111',)", "args_json": ["card-4111"], "body": "Wy"}
+    store.apply([TaskEvent("h1", "PENDING", time.time(), "signal", "p", fields)])
+    client = app.test_client()
+    for path in ("/api/v1/tasks/h1", "/api/v1/tasks", "/api/task/info/h1", "/api/tasks"):
+        seen = client.get(path, headers=basic("vic")).get_data(as_text=True)
+        assert "card-4111" not in seen and '"body"' not in seen, path
+        full = client.get(path, headers=basic("olga")).get_data(as_text=True)
+        assert "card-4111" in full and '"body"' not in full, path

@@ -162,11 +162,42 @@ def _task_info_for(name: str | None, redact: tuple[str, ...]) -> tuple[str, tupl
             if task is not None:
                 break
     serializer = getattr(task, "serializer", None) or app.conf.task_serializer
-    positions = sensitive_positions(task.run, redact) if task is not None else ()
+    if task is not None:
+        positions = sensitive_positions(task.run, redact)
+    else:  # a send_task by name of a task defined but not yet registered
+        positions = _pending_positions(app, name, redact) if name and redact else ()
     if len(_task_info) >= _TASK_INFO_MAX:
         _task_info.clear()
     _task_info[key] = (serializer, positions, redact)
     return serializer, positions
+
+
+def _pending_positions(app: Any, name: str, redact: tuple[str, ...]) -> tuple[int, ...]:
+    """Secret positions of a task still pending in an app that was never
+    finalized: ``@app.task`` keeps a promise until the app is finalized or the
+    task used, and a producer calling ``send_task("proj.login", ...)`` does
+    neither. Its function and options are read off the promise (Celery's
+    ``PromiseProxy``), without evaluating it."""
+    from celery.utils.imports import gen_task_name
+
+    for candidate in (app, *(a for a in list(_get_active_apps()) if a is not app)):
+        for promise in list(getattr(candidate, "_pending", ())):
+            try:
+                if promise.__evaluated__():
+                    continue
+                (fun,) = object.__getattribute__(promise, "_Proxy__args")
+                options = object.__getattribute__(promise, "_Proxy__kwargs")
+                found = options.get("name") or gen_task_name(
+                    candidate, fun.__name__, fun.__module__
+                )
+            except Exception:  # noqa: BLE001 - another kind of promise: not ours to read
+                continue
+            if found == name:
+                positions = sensitive_positions(fun, redact)
+                if options.get("bind"):  # run() is bound: its first parameter is the task
+                    positions = tuple(i - 1 for i in positions if i > 0)
+                return positions
+    return ()
 
 
 def _extra_headers(headers: dict) -> str | None:

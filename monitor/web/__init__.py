@@ -194,14 +194,10 @@ def init_app(
     on top of ``settings`` (or of the MONITOR_* environment).
     """
     from . import security
+    from .actions_api import actions_api
     from .api import api
     from .flower_api import flower
-
-    try:  # TEMP(lead): until helper H's modules land
-        from .actions_api import actions_api
-        from .flower_control import flower_control
-    except ImportError:
-        actions_api = flower_control = None
+    from .flower_control import flower_control
     from .live import Hub, register_handlers
     from .metrics import metrics_bp
     from .openapi import openapi_bp
@@ -228,8 +224,6 @@ def init_app(
         (metrics_bp, prefix or None),
     ]
     for blueprint, at in blueprints:
-        if blueprint is None:
-            continue
         if not getattr(blueprint, "_monitor_protected", False):
             # Once per blueprint object, whatever the number of apps built.
             security.protect(blueprint)

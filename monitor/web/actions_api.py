@@ -314,7 +314,7 @@ def bulk() -> Any:
     ext.socketio.start_background_task(
         _run_bulk, ctl, registry, job["job"], what, where, limit, by, emit
     )
-    return job
+    return _public(job)
 
 
 def _limit(value: Any) -> int:

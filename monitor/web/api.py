@@ -19,8 +19,9 @@ from werkzeug.routing import PathConverter
 
 from .. import fastjson
 from ..store import Store
-from . import queries
+from . import queries, security
 from .queries import QueryError
+from .visibility import visible_row, visible_task
 
 logger = logging.getLogger(__name__)
 
@@ -117,8 +118,10 @@ register_converter(api)
 register_errors(api)
 
 
-def task_detail(store: Store, task_id: str) -> dict[str, Any] | None:
-    """GET /api/v1/tasks/<id> body (also pushed to a task room)."""
+def task_detail(store: Store, task_id: str, can_see_args: bool = True) -> dict[str, Any] | None:
+    """GET /api/v1/tasks/<id> body (also pushed to a task room), as a caller who
+    may (or may not) see arguments and results sees it (monitor.web.visibility;
+    the republish payload is never shown)."""
     task = store.get_task(task_id)
     if task is None:
         return None
@@ -130,7 +133,7 @@ def task_detail(store: Store, task_id: str) -> dict[str, Any] | None:
     # says so instead of showing it as running. None: no worker known.
     worker = store.worker(task["worker"]) if task.get("worker") else None
     task["worker_online"] = worker["online"] if worker is not None else None
-    return task
+    return visible_task(task, can_see_args)
 
 
 def _minute_windows(
@@ -241,15 +244,18 @@ def _state_key(state: str) -> str:
 @api.get("/tasks")
 def list_tasks() -> Any:
     query = queries.parse_query(request.args)
+    page = queries.list_tasks(get_store(), query)
+    if not security.can_see_args():
+        page["tasks"] = [visible_row(row, False) for row in page["tasks"]]
     # orjson: a page of 1,000 rows encodes in a fraction of the stdlib's time,
     # one slice of this process during which no other request runs.
-    body = fastjson.dumps(queries.list_tasks(get_store(), query))
+    body = fastjson.dumps(page)
     return Response(body, mimetype="application/json")
 
 
 @api.get("/tasks/<anypath:task_id>")
 def get_task(task_id: str) -> Any:
-    task = task_detail(get_store(), task_id)
+    task = task_detail(get_store(), task_id, security.can_see_args())
     if task is None:
         return error(f"unknown task {task_id!r}", 404)
     return jsonify(task)

@@ -20,10 +20,12 @@ from flask import Blueprint, Response, current_app, request
 
 from .. import fastjson
 from ..auth import Role
+from ..store import MAX_MEMBERS
 from . import queries, security
 from .api import error, get_store, register_converter, register_errors
 from .inspect import InspectError
 from .queries import OffsetQuery, QueryError
+from .visibility import visible_row
 
 logger = logging.getLogger(__name__)
 
@@ -159,6 +161,7 @@ def tasks() -> Any:
     0.8 s of server time or 8 MiB of values (fewer rows).
     """
     store = get_store()
+    see = security.can_see_args()
     limit = queries.clamp_int(
         "limit", request.args.get("limit"), MAX_FLOWER_LIMIT, 0, MAX_FLOWER_LIMIT
     )
@@ -183,7 +186,9 @@ def tasks() -> Any:
     )
     # Encoded a chunk of rows at a time: the page's rows are never all held as dicts.
     parts = [
-        fastjson.dumps({row["id"]: flower_task(row["id"], row) for row in rows})[1:-1]
+        fastjson.dumps({row["id"]: flower_task(row["id"], visible_row(row, see)) for row in rows})[
+            1:-1
+        ]
         for rows in queries.offset_page(store, query, _FETCH)
         if rows
     ]
@@ -196,9 +201,10 @@ def task_info(task_id: str) -> Any:
     fields = store.redis.hgetall(store.keys.task(task_id))
     if not fields:
         return error(f"Unknown task '{task_id}'", 404)
-    info = flower_task(task_id, fields)
+    info = flower_task(task_id, visible_row(fields, security.can_see_args()))
     info["task-id"] = task_id
-    info["children"] = sorted(store.redis.smembers(store.keys.children(task_id)))
+    # at most MAX_MEMBERS of them: a task may have started 100,000 children
+    info["children"] = sorted(store.redis.srandmember(store.keys.children(task_id), MAX_MEMBERS))
     return _json(info)
 
 

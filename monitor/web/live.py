@@ -56,6 +56,7 @@ from socketio import PubSubManager
 from ..config import Settings
 from ..store import Store, redis_client
 from . import api
+from .visibility import visible_row
 
 logger = logging.getLogger(__name__)
 
@@ -173,7 +174,10 @@ def _workers(store: Store, _arg: str) -> tuple[str, Any]:
 
 
 def _task(store: Store, task_id: str) -> tuple[str, Any] | None:
-    task = api.task_detail(store, task_id)
+    # Rooms are shared by every client, viewers included: with
+    # MONITOR_HIDE_ARGS_FROM_VIEWERS on, live pushes carry no arguments or
+    # results for anyone (an operator's page reads them from the API).
+    task = api.task_detail(store, task_id, not store.settings.hide_args_from_viewers)
     return ("task", {"task": task}) if task else None
 
 
@@ -731,6 +735,8 @@ class Hub:
         row_ids = {i for ids in wanted.values() for i in ids}
         row_ids.update(i for ids in by_host.values() for i in ids)
         rows = {r["id"]: r for r in store.get_tasks(list(row_ids))} if row_ids else {}
+        if rows and store.settings.hide_args_from_viewers:
+            rows = {i: visible_row(r, False) for i, r in rows.items()}
 
         if overview and "overview" in index.summary:
             self._emit("overview", api.stats(store), "overview")
@@ -743,7 +749,7 @@ class Hub:
         if deferred:
             details.extend(i for i in deferred if i in index.task_ids and i not in order)
         for task_id in details[:MAX_DETAILS]:
-            task = api.task_detail(store, task_id)
+            task = api.task_detail(store, task_id, not store.settings.hide_args_from_viewers)
             if task is not None:
                 self._emit("task", {"task": task}, "task:" + task_id)
         for host in set(by_host) | (workers & index.hosts):

@@ -232,11 +232,7 @@ def guard() -> Any:
         who = principal()
         if request.method in _UNSAFE_METHODS:
             _check_origin()
-        if (
-            request.endpoint not in _OPEN_ENDPOINTS
-            and not who.authenticated
-            and users_configured()
-        ):
+        if request.endpoint not in _OPEN_ENDPOINTS and not who.authenticated and users_configured():
             if _is_page():
                 return redirect(url_for("monitor.login", next=_local_path()))
             raise Denied("log in first: this monitor has users", 401)
@@ -467,9 +463,7 @@ def _as_response(result: Any) -> Response:
     return response
 
 
-def _audit(
-    who: Principal, name: str, target: str, *, ok: bool, status: int, result: Any
-) -> None:
+def _audit(who: Principal, name: str, target: str, *, ok: bool, status: int, result: Any) -> None:
     try:
         audit_log().record(
             who.name,
