@@ -510,7 +510,9 @@ def test_many_subscribes_to_one_room_cost_one_snapshot(settings, store):
             assert first[0]["args"][0]["task"]["state"] == "STARTED"
             client.disconnect()
         assert hub.snapshots.computed == 1
-        # A change drops the snapshot: the next subscriber sees it.
+        # A change drops the snapshot: the next subscriber sees it. (Once the
+        # tailer reads the feed: it starts from the feed's end when it starts.)
+        wait_for(lambda: hub.redis_ok, 10, 0.05, "the tailer to be reading")
         store.apply([ev("one", "SUCCESS", T0 + 1)])
 
         def fresh():
@@ -655,3 +657,40 @@ def test_init_app_refuses_the_path_of_the_hosts_socketio(settings):
 def test_live_budgets_refuse_values_that_would_switch_them_off(name, value):
     with pytest.raises(ConfigError, match=name):
         Settings.from_env({name: value})
+
+
+def test_socketio_refuses_a_cross_origin_connection_and_an_anonymous_one_with_users(
+    serve, settings, store
+):
+    """The same rules as HTTP: a page on another origin cannot open the live
+    connection (the browser's Origin is checked), and once users exist an
+    anonymous client cannot either; with a token it can."""
+    port = serve()
+    url = f"http://127.0.0.1:{port}"
+    evil = socketio.Client(reconnection=False)
+    with pytest.raises(socketio.exceptions.ConnectionError):
+        evil.connect(url, headers={"Origin": "http://evil.example"}, transports=["polling"])
+    same = socketio.Client(reconnection=False)
+    same.connect(url, headers={"Origin": url}, transports=["polling"])
+    assert same.connected
+    same.disconnect()
+
+    from monitor.auth import AuthStore
+
+    token = AuthStore(store.redis, store.keys, settings).create_token("dash", "viewer")
+
+    def anonymous_refused() -> bool:
+        anonymous = socketio.Client(reconnection=False)
+        try:
+            anonymous.connect(url, transports=["polling"])
+        except socketio.exceptions.ConnectionError:
+            return True
+        anonymous.disconnect()
+        return False
+
+    # the serve process caches "are users configured?" for 2 s
+    wait_for(anonymous_refused, 10, 0.5, "anonymous connections refused once a token exists")
+    viewer = socketio.Client(reconnection=False)
+    viewer.connect(url, headers={"Authorization": f"Bearer {token}"}, transports=["polling"])
+    assert viewer.connected
+    viewer.disconnect()
