@@ -123,7 +123,15 @@ def test_first_command_works_with_no_redis_at_all():
     reader = threading.Thread(target=_collect, args=(proc, output), daemon=True)
     reader.start()
     try:
-        netns = os.readlink(f"/proc/{proc.pid}/ns/net")
+        # Read once unshare has made the namespace: right after Popen the child
+        # may not even have exec'd yet, and would still be in ours.
+        ours = os.readlink("/proc/self/ns/net")
+
+        def its_own_namespace() -> str | None:
+            netns = os.readlink(f"/proc/{proc.pid}/ns/net")
+            return netns if netns != ours else None
+
+        netns = wait_for(its_own_namespace, 10, 0.01, what="the demo's network namespace")
         # The URL the demo prints, read from its output as a user would.
         url = wait_for(lambda: _printed_url(output, proc), 60, 0.1, what="the demo's URL")
         probe = subprocess.run(
