@@ -49,3 +49,16 @@ def store(settings):
     yield store
     store.delete_all()
     store.close()
+
+
+@pytest.fixture
+def app(settings):
+    """The standalone dashboard on the test's prefix (no Socket.IO message queue)."""
+    from monitor.web import create_app
+
+    return create_app(settings, message_queue=None)
+
+
+@pytest.fixture
+def client(app):
+    return app.test_client()

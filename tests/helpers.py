@@ -428,3 +428,12 @@ class WorkerProcess:
             stop_process(self.proc, timeout)
         if getattr(self, "_log", None):
             self._log.close()
+
+
+def api_task(tid, state, t, name="proj.add", worker="celery@w1", **fields):
+    """An event-sourced task record as the API tests store them (args show the id)."""
+    from monitor.model import TaskEvent
+
+    base = {"name": name, "worker": worker, "args": f"({tid!r},)", "kwargs": "{}"}
+    base.update(fields)
+    return TaskEvent(tid, state, t, "event", worker, base)

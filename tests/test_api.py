@@ -10,29 +10,14 @@ import pytest
 from celery import Celery
 from flask import Flask
 
-from monitor.model import TaskEvent, WorkerEvent
+from monitor.model import WorkerEvent
 from monitor.web import create_app, init_app
 
 from .helpers import WorkerProcess, wait_for
+from .helpers import api_task as task
 
 T0 = time.time() - 600
 HOSTILE = "<img src=x onerror=alert(1)>\"'&\u2028"
-
-
-def task(tid, state, t, name="proj.add", worker="celery@w1", **fields):
-    base = {"name": name, "worker": worker, "args": f"({tid!r},)", "kwargs": "{}"}
-    base.update(fields)
-    return TaskEvent(tid, state, t, "event", worker, base)
-
-
-@pytest.fixture
-def app(settings):
-    return create_app(settings, message_queue=None)
-
-
-@pytest.fixture
-def client(app):
-    return app.test_client()
 
 
 @pytest.fixture

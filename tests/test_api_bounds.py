@@ -13,32 +13,17 @@ import time
 
 import pytest
 
-from monitor.model import TaskEvent, WorkerEvent
+from monitor.model import WorkerEvent
 from monitor.web import create_app, flower_api, queries
 from monitor.web import inspect as web_inspect
 from monitor.web.inspect import InspectError
 from monitor.web.queries import IndexWalk
 
+from .helpers import api_task as task
 from .helpers import wait_for
 
 T0 = time.time() - 900
 STATES = ("SUCCESS", "FAILURE", "STARTED")
-
-
-def task(tid, state, t, name="proj.add", worker="celery@w1", **fields):
-    base = {"name": name, "worker": worker, "args": f"({tid!r},)", "kwargs": "{}"}
-    base.update(fields)
-    return TaskEvent(tid, state, t, "event", worker, base)
-
-
-@pytest.fixture
-def app(settings):
-    return create_app(settings, message_queue=None)
-
-
-@pytest.fixture
-def client(app):
-    return app.test_client()
 
 
 @pytest.fixture

@@ -23,6 +23,8 @@ from monitor.model import TaskEvent, WorkerEvent
 from monitor.store import Store, redis_client
 
 from .helpers import (
+    CHROMIUM,
+    CHROMIUM_ARGS,
     IN_CI,
     REDIS_URL,
     ROOT,
@@ -30,13 +32,13 @@ from .helpers import (
     clean_env,
     free_port,
     http_get,
+    require_chromium,
     start_module,
     stop_process,
     wait_for,
 )
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
-CHROMIUM = "/usr/bin/chromium"
 SHOTS = ROOT / "docs" / "screenshots"
 #: Screenshots of hostile data, for a human to look at (not in the README).
 REVIEW_SHOTS = Path(tempfile.gettempdir()) / "monitor-screenshots"
@@ -94,9 +96,7 @@ def env():
 
     if not port_open("127.0.0.1", 6379):
         pytest.fail("Redis is required") if IN_CI else pytest.skip("Redis is not running")
-    if not Path(CHROMIUM).exists():
-        message = f"{CHROMIUM} is missing (apt-get install chromium)"
-        pytest.fail(message) if IN_CI else pytest.skip(message)
+    require_chromium()
     from playwright.sync_api import sync_playwright
 
     prefix = "mb-" + uuid.uuid4().hex[:8]
@@ -117,7 +117,7 @@ def env():
     with sync_playwright() as p:
         browser = p.chromium.launch(
             executable_path=CHROMIUM,
-            args=["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"],
+            args=CHROMIUM_ARGS,
         )
         try:
             yield {

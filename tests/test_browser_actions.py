@@ -30,6 +30,7 @@ from monitor.config import Settings
 from monitor.store import Store, redis_client
 
 from .helpers import (
+    CHROMIUM,
     CHROMIUM_ARGS,
     REDIS_URL,
     WorkerProcess,
@@ -42,7 +43,7 @@ from .helpers import (
     stop_process,
     wait_for,
 )
-from .test_browser import CHROMIUM, CSP_PROBE, REVIEW_SHOTS, shot
+from .test_browser import CSP_PROBE, REVIEW_SHOTS, shot
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
