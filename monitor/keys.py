@@ -90,6 +90,11 @@ class Keys:
         """string: token of the serve process that tails the change feed for all."""
         return f"{self.prefix}:web:leader"
 
+    def lease(self, name: str) -> str:
+        """string: token of the process holding the lease on one elected job
+        ("web", "queues", "alerts", "reconcile": see monitor.lease)."""
+        return f"{self.prefix}:lease:{name}"
+
     # -- authentication and audit (monitor/auth.py, monitor/audit.py) ----------
     @property
     def auth_users(self) -> str:

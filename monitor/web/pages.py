@@ -20,7 +20,9 @@ from . import security
 from .blueprint import bp
 
 
-def _page(page: str, title: str, **params: Any) -> str:
+def _page(page: str, title: str, scripts: tuple[str, ...] = (), **params: Any) -> str:
+    """Render one page. ``scripts``: files under static/monitor/ (``pages/queues.js``)
+    that register the page's drawing function; loaded before monitor.js."""
     ext = current_app.extensions["monitor"]
     prefix = ext.url_prefix or ""
     config = {
@@ -49,6 +51,7 @@ def _page(page: str, title: str, **params: Any) -> str:
         can_act=config.get("can_act"),
         may_audit=may_audit,
         csrf_token=config.get("csrf_token"),
+        scripts=scripts,
     )
 
 

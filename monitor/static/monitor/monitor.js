@@ -239,10 +239,15 @@
     rooms.forEach(function (p) { if (socket.connected) socket.emit("unsubscribe", p); });
     rooms = [];
   }
-  function on(event, fn) { handlers[event] = fn; }
-  ["overview", "workers", "tasks", "task", "worker", "job"].forEach(function (event) {
+  var listening = {};
+  function listen(event) {
+    if (listening[event]) return;
+    listening[event] = true;
     socket.on(event, function (data) { if (handlers[event]) handlers[event](data); });
-  });
+  }
+  // A page's handler for one live event; the socket listens for it from then on.
+  function on(event, fn) { handlers[event] = fn; listen(event); }
+  ["overview", "workers", "tasks", "task", "worker", "job"].forEach(listen);
   var everConnected = false;
   socket.on("connect", function () {
     setConn("ok", "live");
@@ -1611,5 +1616,23 @@
     fmtDelta: fmtDelta, ago: ago, fmtTime: function (ts) { return fmtTime(ts).textContent; },
     enc: enc};
   window.addEventListener("beforeunload", unsubscribeAll);
-  (pages[CFG.page] || pages.overview)();
+
+  // Pages in files of their own (static/monitor/pages/<page>.js, listed by the
+  // page route and loaded before this file) register a function in
+  // window.MonitorPages[<page>]; it gets this toolkit, the same helpers the
+  // pages above use, so no page reimplements escaping, time formats or rooms.
+  var toolkit = {CFG: CFG, main: main, h: h, append: append, clear: clear, link: link,
+    enc: enc, taskLink: taskLink, workerLink: workerLink, badge: badge, num: num, raw: raw,
+    fmtNum: fmtNum, fmtTime: fmtTime, fmtDuration: fmtDuration, fmtDelta: fmtDelta, ago: ago,
+    agoEl: agoEl, qs: qs, getJSON: getJSON, api: api, post: post, pretty: pretty,
+    errorBox: errorBox, schedule: schedule, subscribe: subscribe, on: on, handlers: handlers,
+    table: table, kv: kv, section: section, safeRow: safeRow, taskRow: taskRow,
+    TASK_COLUMNS: TASK_COLUMNS, button: button, confirmAction: confirmAction,
+    repliesView: repliesView, field: field, numberOr: numberOr, refusalLine: refusalLine,
+    CAN_ACT: CAN_ACT, svg: svg, barChart: barChart, STATES: STATES};
+  window.Monitor = toolkit;
+  var external = window.MonitorPages || {};
+  if (pages[CFG.page]) pages[CFG.page]();
+  else if (typeof external[CFG.page] === "function") external[CFG.page](toolkit);
+  else pages.overview();
 })();
