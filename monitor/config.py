@@ -122,6 +122,13 @@ class Secret(str):
         return "'***'"
 
 
+def _finite_non_negative(text: str) -> float:
+    value = float(text)
+    if not 0.0 <= value < math.inf:  # also refuses NaN
+        raise ValueError(f"must be a finite number >= 0, got {text!r}")
+    return value
+
+
 def _finite_positive(text: str) -> float:
     value = float(text)
     if not 0.0 < value < math.inf:  # also refuses NaN
@@ -310,6 +317,25 @@ class Settings:
         _parse_bool,
         "viewers see no args, kwargs, results, progress meta or traceback, "
         "and only the type of an exception",
+    )
+    # -- lost and stuck tasks, result-backend reconciliation (issue 10)
+    reconcile_after: float = _setting(
+        0.0,
+        _finite_non_negative,
+        "seconds after its last update a non-final task is checked against the result "
+        "backend (AsyncResult) and corrected; 0: off",
+    )
+    reconcile_batch: int = _setting(
+        100, _int_range(1, 1000), "tasks checked against the result backend per run"
+    )
+    reconcile_interval: float = _setting(
+        30.0, _finite_positive, "seconds between two reconciliation runs"
+    )
+    stuck_p99_factor: float = _setting(
+        10.0,
+        _finite_positive,
+        "a STARTED task running longer than this many times its name's p99 runtime "
+        "(last 24 h, at least 20 runs) is stuck",
     )
 
     def __repr__(self) -> str:

@@ -145,3 +145,25 @@ class Keys:
             self.timeline("\0").split("\0")[1],  # 12: timeline suffix
             self.children("\0").split("\0")[1],  # 13: children suffix
         ]
+
+
+@dataclass(frozen=True)
+class RedisBrokerKeys:
+    """kombu's Redis transport keys (not the monitor's): where it keeps delivered,
+    unacknowledged messages (kombu/transport/redis.py ``Channel.unacked_key``,
+    ``unacked_index_key``), with its ``global_keyprefix`` transport option. Read by
+    monitor.lost, never written."""
+
+    global_keyprefix: str = ""
+    unacked_key: str = "unacked"
+    unacked_index_key: str = "unacked_index"
+
+    @property
+    def unacked(self) -> str:
+        """hash: delivery tag -> JSON [message, exchange, routing key]."""
+        return self.global_keyprefix + self.unacked_key
+
+    @property
+    def unacked_index(self) -> str:
+        """zset: delivery tag -> time it was delivered."""
+        return self.global_keyprefix + self.unacked_index_key

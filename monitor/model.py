@@ -26,7 +26,7 @@ from celery import states
 from celery.events.state import TASK_EVENT_TO_STATE
 from celery.events.state import Task as _CeleryTask
 
-Source = Literal["signal", "event"]
+Source = Literal["signal", "event", "reconcile"]
 
 #: Fields Celery keeps from a late RECEIVED event (``Task.merge_rules``).
 MERGE_RULES: Mapping[str, tuple[str, ...]] = _CeleryTask.merge_rules

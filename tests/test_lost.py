@@ -1,0 +1,290 @@
+"""Lost and stuck tasks, the Redis broker's unacked messages, configuration risks and
+the result-backend reconciliation (monitor.lost), against the real store.
+
+The real-worker cases (a worker SIGKILLed mid-task, acks_late on a Redis broker
+with a 2 s visibility timeout) are in tests/test_lost_worker.py.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+
+import pytest
+from celery import Celery
+
+from monitor import lost
+from monitor.jobs import JobContext
+from monitor.model import TaskEvent, WorkerEvent
+from monitor.web.queries import QueryError, TaskQuery
+
+from .helpers import REDIS_URL
+
+NOW = None  # tests take time.time() themselves: the store clamps far-off times
+
+
+def started(tid, at, worker, **fields):
+    base = {"name": "proj.slow", "worker": worker}
+    base.update(fields)
+    return TaskEvent(tid, "STARTED", at, "signal", worker, base)
+
+
+def beat(host, at, freq=1.0):
+    return WorkerEvent(host, "heartbeat", at, "signal", {"freq": freq})
+
+
+def test_stuck_by_time_limit_through_the_real_store(store):
+    now = time.time()
+    store.apply(
+        [
+            started("hard", now - 100, "w@a", time_limit=30),
+            started("soft", now - 100, "w@a", soft_time_limit=10, time_limit=600),
+            started("within", now - 100, "w@a", time_limit=300),
+            started("nolimit", now - 100, "w@a"),
+            started("fresh", now - 1, "w@a", time_limit=30),
+            TaskEvent("done", "SUCCESS", now - 50, "signal", "w@a", {"name": "proj.slow"}),
+            beat("w@a", now),
+        ]
+    )
+    store.apply([started("done", now - 100, "w@a", time_limit=1)])  # late: stays SUCCESS
+    page = lost.flagged_page(store, TaskQuery(), "stuck")
+    rows = {row["id"]: row for row in page["tasks"]}
+    assert sorted(rows) == ["hard", "soft"]
+    assert rows["hard"]["stuck"] is True and rows["soft"]["stuck"] is True
+    assert "past its time limit (30 s)" in rows["hard"]["stuck_reason"]
+    assert "past its soft time limit (10 s)" in rows["soft"]["stuck_reason"]
+    assert rows["hard"]["lost"] is False  # its worker beats
+    assert page["next_cursor"] is None and page["scanned"] == 5
+    # The same rows, annotated on a plain list: only the stuck ones say so.
+    plain = store.get_tasks(["hard", "within", "done"])
+    lost.annotate(store, plain)
+    assert [(r["id"], r["stuck"], r["lost"]) for r in plain] == [
+        ("hard", True, False),
+        ("within", False, False),
+        ("done", False, False),
+    ]
+    assert plain[1]["stuck_reason"] is None
+
+
+def test_lost_is_received_or_started_on_a_worker_that_is_not_online(store):
+    now = time.time()
+    store.apply(
+        [
+            beat("alive@h", now),
+            beat("dead@h", now - 100),
+            started("s-dead", now - 5, "dead@h"),
+            TaskEvent("r-dead", "RECEIVED", now - 4, "signal", "dead@h", {"worker": "dead@h"}),
+            started("s-alive", now - 3, "alive@h"),
+            TaskEvent("ok-dead", "SUCCESS", now - 2, "signal", "dead@h", {"worker": "dead@h"}),
+            # a worker the store no longer lists (purged): not online either
+            started("s-gone", now - 1, "gone@h"),
+            TaskEvent("queued", "PENDING", now, "signal", None, {"name": "proj.slow"}),
+        ]
+    )
+    page = lost.flagged_page(store, TaskQuery(), "lost")
+    assert [r["id"] for r in page["tasks"]] == ["s-gone", "r-dead", "s-dead"]
+    assert all(r["lost"] for r in page["tasks"])
+    # filters combine: a state, a worker
+    only = lost.flagged_page(store, TaskQuery(states=("RECEIVED",)), "lost")
+    assert [r["id"] for r in only["tasks"]] == ["r-dead"]
+    by_worker = lost.flagged_page(store, TaskQuery(worker="dead@h"), "lost")
+    assert [r["id"] for r in by_worker["tasks"]] == ["r-dead", "s-dead"]
+    assert lost.flagged_page(store, TaskQuery(states=("SUCCESS",)), "lost")["tasks"] == []
+    # paged: a cursor continues after the last row
+    first = lost.flagged_page(store, TaskQuery(limit=2), "lost")
+    assert [r["id"] for r in first["tasks"]] == ["s-gone", "r-dead"]
+    from monitor.web.queries import parse_cursor
+
+    rest = lost.flagged_page(
+        store, TaskQuery(limit=2, cursor=parse_cursor(first["next_cursor"])), "lost"
+    )
+    assert [r["id"] for r in rest["tasks"]] == ["s-dead"] and rest["next_cursor"] is None
+
+
+def test_flag_parameter_is_validated():
+    assert lost.parse_flag(None) is None and lost.parse_flag("lost") == "lost"
+    for bad in ("LOST", "x" * 5000, "lost,stuck", "\x00"):
+        with pytest.raises(QueryError, match="flag must be one of lost, stuck"):
+            lost.parse_flag(bad)
+
+
+def test_flagged_lists_refuse_other_sorts_and_search(store):
+    with pytest.raises(QueryError, match="drop sort and q"):
+        lost.flagged_page(store, TaskQuery(sort="name"), "lost")
+    with pytest.raises(QueryError, match="drop sort and q"):
+        lost.flagged_page(store, TaskQuery(q="x"), "stuck")
+
+
+def test_a_flagged_scan_is_bounded_by_the_request_budget(store, monkeypatch):
+    """Thousands of running tasks on live workers: the lost scan stops at the
+    budget and hands a cursor on, it never walks them all."""
+    from monitor.web import queries
+
+    now = time.time()
+    store.apply([beat("alive@h", now)] + [started(f"t{i}", now - i, "alive@h") for i in range(600)])
+    monkeypatch.setattr(queries, "SCAN_BUDGET", 200)
+    page = lost.flagged_page(store, TaskQuery(), "lost")
+    assert page["tasks"] == [] and page["scanned"] == 200 and page["next_cursor"]
+
+
+def test_stuck_reason_rules():
+    now = 1000.0
+    assert lost.stuck_reason("STARTED", 900, 60, None, now) is not None
+    assert lost.stuck_reason("STARTED", 900, 200, None, now) is None
+    assert lost.stuck_reason("RECEIVED", 0, 1, 1, now) is None  # only a running task
+    assert lost.stuck_reason("STARTED", "nan", 1, 1, now) is None
+    assert lost.stuck_reason("STARTED", 900, "inf", "x", now) is None
+    # p99: ten times it, and at least P99_FLOOR seconds
+    assert "p99" in lost.stuck_reason("STARTED", 0, None, None, now, p99=2.0)
+    assert lost.stuck_reason("STARTED", 990, None, None, now, p99=0.5) is None
+
+
+# -- configuration risks ----------------------------------------------------------------------
+def test_acks_late_without_reject_on_worker_lost_is_a_risk_from_app_conf_and_tasks():
+    app = Celery("risky", broker="redis://127.0.0.1:6379/0", set_as_current=False)
+
+    @app.task(name="proj.late", acks_late=True)
+    def late():
+        return 1
+
+    @app.task(name="proj.safe", acks_late=True, reject_on_worker_lost=True)
+    def safe():
+        return 1
+
+    app.finalize()
+    risks = lost.config_risks(app, {})
+    assert [r["where"] for r in risks] == ["task proj.late"]
+    app.conf.task_acks_late = True
+    assert [r["where"] for r in lost.config_risks(app, {})] == ["app conf"]
+    app.conf.task_reject_on_worker_lost = True
+    assert lost.config_risks(app, {}) == []
+    confs = {"w@1": {"task_acks_late": True}, "w@2": {"task_acks_late": False}, "w@3": "junk"}
+    assert [r["where"] for r in lost.config_risks(None, confs)] == ["worker w@1"]
+
+
+def test_visibility_timeout_comes_from_the_app_else_the_smallest_worker_conf():
+    app = Celery("vt", broker="redis://127.0.0.1:6379/0", set_as_current=False)
+    got = lost.broker_settings(app, {})
+    assert got["visibility_timeout"] == 3600 and got["visibility_timeout_source"] == "kombu default"
+    confs = {
+        "a@h": {"broker_transport_options": {"visibility_timeout": 50}},
+        "b@h": {"broker_transport_options": {"visibility_timeout": 20, "global_keyprefix": "p:"}},
+        "c@h": {"broker_transport_options": {"visibility_timeout": "nan"}},
+    }
+    got = lost.broker_settings(app, confs)
+    assert got["visibility_timeout"] == 20 and got["visibility_timeout_source"] == "worker b@h conf"
+    assert got["keys"].unacked == "p:unacked" and got["keys"].unacked_index == "p:unacked_index"
+    app.conf.broker_transport_options = {"visibility_timeout": 7}
+    got = lost.broker_settings(app, confs)
+    assert got["visibility_timeout"] == 7 and got["visibility_timeout_source"] == "app conf"
+    amqp = Celery("amqp", broker="amqp://guest@127.0.0.1//", set_as_current=False)
+    assert lost.broker_settings(amqp, {})["transport"] == "amqp"
+
+
+def test_unacked_entries_are_read_bounded_from_the_brokers_keys(redis_url):
+    """kombu's layout, written here as its Redis transport writes it: the oldest
+    UNACKED_READ entries are read in one script call, a huge message by its id."""
+    import json
+
+    import redis as redis_lib
+
+    prefix = f"mtb-{uuid.uuid4().hex[:8]}:"
+    r = redis_lib.Redis.from_url(redis_url)
+    now = time.time()
+    try:
+        pipe = r.pipeline()
+        for i in range(lost.UNACKED_READ + 50):
+            tag = f"tag{i}"
+            headers = {"id": f"id{i}", "task": "proj.x", "eta": None}
+            if i == 0:
+                headers["eta"] = "2099-01-01T00:00:00+00:00"
+            body = "A" * (lost.UNACKED_DECODE_BYTES + 10) if i == 1 else "e30="
+            message = {"body": body, "headers": headers, "properties": {"delivery_tag": tag}}
+            pipe.zadd(prefix + "unacked_index", {tag: now - 10_000 + i})
+            pipe.hset(prefix + "unacked", tag, json.dumps([message, "", "celery"]))
+        pipe.execute()
+        app = Celery("b", broker=redis_url, set_as_current=False)
+        app.conf.broker_transport_options = {"visibility_timeout": 60, "global_keyprefix": prefix}
+        report = lost.broker_report(None, app, {}, now=now)
+        assert report["unacked"] == {"count": lost.UNACKED_READ + 50, "read": lost.UNACKED_READ}
+        assert len(report["redelivery"]) == lost.REPORT_ROWS
+        first = report["redelivery"][0]
+        assert first["task_id"] == "id0" and first["name"] == "proj.x"
+        assert first["overdue"] == pytest.approx(10_000 - 60, abs=1)
+        assert report["redelivery"][1]["task_id"] == "id1"  # found in a message too big to decode
+        assert [e["task_id"] for e in report["eta_beyond_visibility"]] == ["id0"]
+        assert lost.task_broker_flags(report, "id0").keys() == {
+            "redelivery",
+            "eta_beyond_visibility",
+        }
+        assert report["broker"]["url"] is None  # never shown
+    finally:
+        r.delete(prefix + "unacked_index", prefix + "unacked")
+        r.close()
+
+
+# -- reconciliation ---------------------------------------------------------------------------
+@pytest.fixture
+def backend_app():
+    app = Celery(
+        "reconciled", broker=REDIS_URL, backend="redis://127.0.0.1:6379/1", set_as_current=False
+    )
+    yield app
+    app.close()
+
+
+def test_reconcile_corrects_a_task_whose_final_records_were_lost(store, settings, backend_app):
+    """The store saw only STARTED; the Redis result backend has SUCCESS: corrected,
+    and the timeline says the reconciliation did it."""
+    now = time.time()
+    tid, failed, unknown, fresh = (f"rc-{uuid.uuid4().hex}" for _ in range(4))
+    store.apply(
+        [
+            started(tid, now - 120, "w@r"),
+            started(failed, now - 110, "w@r"),
+            started(unknown, now - 100, "w@r"),
+            started(fresh, now - 1, "w@r"),
+        ]
+    )
+    backend = backend_app.backend
+    backend.store_result(tid, {"answer": 42}, "SUCCESS")
+    try:
+        raise ValueError("boom")
+    except ValueError as exc:
+        backend.store_result(failed, exc, "FAILURE", traceback="Traceback ... ValueError: boom")
+    backend.store_result(fresh, 1, "SUCCESS")
+    try:
+        ctx = JobContext(store, settings.replace(reconcile_after=60.0), backend_app)
+        assert lost.reconcile(ctx) == 2
+        task = store.get_task(tid)
+        assert task["state"] == "SUCCESS" and task["result"] == "{'answer': 42}"
+        assert [(e["state"], e["sources"]) for e in task["timeline"]] == [
+            ("STARTED", ["signal"]),
+            ("SUCCESS", ["reconcile"]),
+        ]
+        bad = store.get_task(failed)
+        assert bad["state"] == "FAILURE" and "boom" in bad["exception"]
+        assert store.get_task(unknown)["state"] == "STARTED"  # the backend knows nothing
+        assert store.get_task(fresh)["state"] == "STARTED"  # too recent to ask
+        assert lost.reconcile(ctx) == 0  # nothing left to correct
+        # off by default
+        assert lost.jobs(settings) == []
+        assert [j.name for j in lost.jobs(settings.replace(reconcile_after=5.0))] == ["reconcile"]
+    finally:
+        for task_id in (tid, failed, fresh):
+            backend.forget(task_id)
+
+
+def test_reconcile_batch_is_bounded_and_walks_on(store, settings, backend_app):
+    now = time.time()
+    ids = [f"rb-{i:03d}-{uuid.uuid4().hex[:6]}" for i in range(25)]
+    store.apply([started(tid, now - 500 + i, "w@r") for i, tid in enumerate(ids)])
+    ctx = JobContext(store, settings.replace(reconcile_after=60.0, reconcile_batch=10), backend_app)
+    seen = []
+    cursors: dict = {}
+    for _ in range(3):
+        seen.append(lost.candidates(store, now - 60, 10, cursors))
+    assert [len(batch) for batch in seen] == [10, 10, 5]
+    assert sum(seen, []) == ids  # oldest first, each once
+    assert lost.candidates(store, now - 60, 10, cursors) == ids[:10]  # wraps around
+    assert lost.reconcile(ctx) == 0  # none known to the backend: nothing recorded
