@@ -199,6 +199,7 @@ def init_app(
     from .flower_api import flower
     from .flower_control import flower_control
     from .live import Hub, register_handlers
+    from .lost_api import lost_api
     from .metrics import metrics_bp
     from .openapi import openapi_bp
 
@@ -222,6 +223,7 @@ def init_app(
         (flower_control, prefix + "/api"),
         (openapi_bp, prefix + "/api"),
         (metrics_bp, prefix or None),
+        (lost_api, prefix + "/api/v1"),
     ]
     for blueprint, at in blueprints:
         if not getattr(blueprint, "_monitor_protected", False):
