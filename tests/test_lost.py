@@ -288,3 +288,38 @@ def test_reconcile_batch_is_bounded_and_walks_on(store, settings, backend_app):
     assert sum(seen, []) == ids  # oldest first, each once
     assert lost.candidates(store, now - 60, 10, cursors) == ids[:10]  # wraps around
     assert lost.reconcile(ctx) == 0  # none known to the backend: nothing recorded
+
+
+def test_the_reconcile_job_runs_elected_in_serve_end_to_end(store, settings, backend_app):
+    """``monitor serve -A app`` with MONITOR_RECONCILE_AFTER: the job runs on its own
+    and the task's timeline says the correction came from the reconciliation."""
+    from .helpers import ServeProcess, wait_for
+
+    tid = f"rc-e2e-{uuid.uuid4().hex}"
+    store.apply([started(tid, time.time() - 30, "w@r")])
+    backend_app.backend.store_result(tid, 7, "SUCCESS")
+    serve = ServeProcess(
+        settings.redis_url,
+        settings.prefix,
+        env={
+            "MONITOR_APP": "tests.workerapp",
+            "TEST_RESULT_BACKEND": "redis://127.0.0.1:6379/1",
+            "MONITOR_RECONCILE_AFTER": "5",
+            "MONITOR_RECONCILE_INTERVAL": "0.2",
+        },
+    )
+    try:
+        serve.start()
+
+        def corrected():
+            response = serve.get(f"/api/v1/tasks/{tid}")
+            return response is not None and response.ok and response.json()["state"] == "SUCCESS"
+
+        wait_for(corrected, 20, 0.2, what=f"the task reconciled\n{serve.log()}")
+        task = serve.get(f"/api/v1/tasks/{tid}").json()
+        assert task["timeline"][-1]["sources"] == ["reconcile"]
+        assert task["result"] == "7" and task["reconciled"] == "result backend"
+        assert store.redis.get(store.keys.lease("reconcile"))  # held by the serve process
+    finally:
+        serve.stop()
+        backend_app.backend.forget(tid)

@@ -68,6 +68,8 @@ class MonitorExtension:
     allowed_hosts: tuple[str, ...] = ()
     #: (monotonic time, answer) of the last "are users configured?" question.
     users_cache: Any = None
+    #: The elected jobs' runner (monitor.jobs.JobRunner) under ``monitor serve``.
+    jobs: Any = None
 
     @property
     def socketio_path(self) -> str:

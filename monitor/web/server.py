@@ -97,10 +97,22 @@ def build(settings: Any, events: bool = True, app: Any = None) -> tuple[Any, Any
         from ..events import Receiver
 
         receiver = Receiver(settings, app).start()
-    hub = flask_app.extensions["monitor"].hub
+    ext = flask_app.extensions["monitor"]
+    hub = ext.hub
     hub.events_status = lambda: _events_status(receiver)
     hub.ensure_started()
+    _start_jobs(ext, settings, app)
     return flask_app, receiver
+
+
+def _start_jobs(ext: Any, settings: Any, app: Any) -> None:
+    """The elected jobs of the domain modules (one runner per process)."""
+    from ..jobs import JobRunner
+    from ..lost import jobs as lost_jobs
+
+    runner = JobRunner(ext.store, settings, [*lost_jobs(settings)], app)
+    runner.start()
+    ext.jobs = runner
 
 
 def _stop_on_signals(server: Any) -> None:
@@ -171,6 +183,8 @@ def run_server(settings: Any, events: bool = True, app: Any = None) -> None:
     finally:
         server.stop(timeout=2)
         hub.stop()
+        if ext.jobs is not None:
+            ext.jobs.stop()
         if receiver is not None:
             receiver.stop()
         logger.info("celery monitor stopped")
