@@ -92,3 +92,9 @@ def bulk() -> str:
 def audit() -> str:
     """The audit log, newest first (operators; open while no user exists)."""
     return _page("audit", "Audit log")
+
+
+@bp.get("/lost")
+def lost_page() -> str:
+    """Lost and stuck tasks, broker redeliveries, configuration risks (monitor.lost)."""
+    return _page("lost", "Lost & risks", scripts=("pages/lost.js",))
