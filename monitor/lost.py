@@ -137,13 +137,24 @@ def is_lost(state: Any, worker: Any, online: set[str]) -> bool:
 # -- stuck -----------------------------------------------------------------------------
 
 
+#: Seconds a name's p99 is reused (the task list asks for it on every page).
+P99_CACHE_SECONDS = 60.0
+#: Names whose p99 this process remembers at most.
+P99_CACHE_NAMES = 1000
+#: (prefix, name) -> (monotonic time read, p99 or None), shared by this process's requests.
+_p99_cache: dict[tuple[str, str], tuple[float, float | None]] = {}
+_p99_lock = threading.Lock()
+
+
 class P99:
-    """Names' p99 runtimes, read lazily, at most P99_NAMES per instance (request)."""
+    """Names' p99 runtimes, read lazily: at most P99_NAMES reads per instance (a
+    request), each kept P99_CACHE_SECONDS for the process's later requests."""
 
     def __init__(self, store: Store, factor: float) -> None:
         self.store = store
         self.factor = factor
         self._known: dict[str, float | None] = {}
+        self._reads = 0
         try:
             from .history import runtime_quantiles
         except ImportError:  # the metrics module is not there: the time-limit rule only
@@ -155,8 +166,15 @@ class P99:
             return None
         if name in self._known:
             return self._known[name]
-        if len(self._known) >= P99_NAMES:
+        key, clock = (self.store.keys.prefix, name), time.monotonic()
+        with _p99_lock:
+            cached = _p99_cache.get(key)
+        if cached is not None and clock - cached[0] < P99_CACHE_SECONDS:
+            self._known[name] = cached[1]
+            return cached[1]
+        if self._reads >= P99_NAMES:
             return None
+        self._reads += 1
         value = None
         try:
             q = self._read(self.store, name, P99_WINDOW)
@@ -168,6 +186,10 @@ class P99:
         except Exception:  # noqa: BLE001 - a sibling module's bug must not break the list
             logger.debug("monitor: runtime_quantiles(%r) failed", name, exc_info=True)
         self._known[name] = value
+        with _p99_lock:
+            if len(_p99_cache) >= P99_CACHE_NAMES:
+                _p99_cache.clear()
+            _p99_cache[key] = (clock, value)
         return value
 
 

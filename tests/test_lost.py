@@ -323,3 +323,32 @@ def test_the_reconcile_job_runs_elected_in_serve_end_to_end(store, settings, bac
     finally:
         serve.stop()
         backend_app.backend.forget(tid)
+
+
+def test_stuck_far_beyond_its_names_p99_through_the_real_history(store):
+    """30 runs of ~0.1 s recorded by the write script's histograms: a run of the
+    same name STARTED two minutes ago (over 10 x p99 and over P99_FLOOR) is stuck."""
+    now = time.time()
+    events = []
+    for i in range(30):
+        tid = f"fast-{i}"
+        events.append(started(tid, now - 200 + i, "w@p", name="proj.quick"))
+        events.append(
+            TaskEvent(
+                tid,
+                "SUCCESS",
+                now - 199.9 + i,
+                "signal",
+                "w@p",
+                {"name": "proj.quick", "worker": "w@p", "runtime": 0.1},
+            )
+        )
+    events += [
+        started("slow", now - 120, "w@p", name="proj.quick"),
+        started("rare", now - 120, "w@p", name="proj.rare"),  # no history: not judged
+        beat("w@p", now),
+    ]
+    store.apply(events)
+    page = lost.flagged_page(store, TaskQuery(), "stuck")
+    assert [r["id"] for r in page["tasks"]] == ["slow"]
+    assert "over 10 x its p99 runtime" in page["tasks"][0]["stuck_reason"]
