@@ -79,7 +79,7 @@ MAX_TASK_RISKS = 100
 #: kombu's default visibility timeout (Channel.visibility_timeout).
 DEFAULT_VISIBILITY_TIMEOUT = 3600.0
 #: Broker URL schemes served by kombu's Redis transport.
-REDIS_SCHEMES = ("redis", "rediss", "unix", "socket")
+REDIS_SCHEMES = ("redis", "rediss", "unix")
 
 
 # -- small parsers --------------------------------------------------------------------
@@ -403,7 +403,7 @@ class BrokerView:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._clients: dict[str, tuple[redis.Redis, Any]] = {}
-        self._cache: dict[tuple[str, str], tuple[float, dict[str, Any]]] = {}
+        self._cache: dict[tuple[str, str], tuple[float, Any]] = {}
 
     def _client(self, url: str) -> tuple[redis.Redis, Any]:
         with self._lock:
@@ -423,11 +423,20 @@ class BrokerView:
         with self._lock:
             cached = self._cache.get(cache_key)
         if cached is not None and now - cached[0] < BROKER_CACHE_SECONDS:
+            if isinstance(
+                cached[1], Exception
+            ):  # a broker away: one wait per period, not per request
+                raise redis.ConnectionError(str(cached[1]))
             return cached[1]
         _client, script = self._client(url)
-        reply = script(
-            keys=[keys.unacked_index, keys.unacked], args=[UNACKED_READ, UNACKED_DECODE_BYTES]
-        )
+        try:
+            reply = script(
+                keys=[keys.unacked_index, keys.unacked], args=[UNACKED_READ, UNACKED_DECODE_BYTES]
+            )
+        except redis.RedisError as exc:
+            with self._lock:
+                self._cache[cache_key] = (now, exc)
+            raise
         entries = []
         for i in range(1, len(reply) - 4, 5):
             tag, score, task_id, name, eta = reply[i : i + 5]

@@ -352,3 +352,15 @@ def test_stuck_far_beyond_its_names_p99_through_the_real_history(store):
     page = lost.flagged_page(store, TaskQuery(), "stuck")
     assert [r["id"] for r in page["tasks"]] == ["slow"]
     assert "over 10 x its p99 runtime" in page["tasks"][0]["stuck_reason"]
+
+
+def test_a_broker_that_is_away_costs_an_error_line_not_a_failed_report():
+    from .helpers import free_port
+
+    app = Celery("away", broker=f"redis://127.0.0.1:{free_port()}/0", set_as_current=False)
+    app.conf.task_acks_late = True
+    for _ in range(2):  # the second from the view's negative cache
+        report = lost.broker_report(None, app, {})
+        assert report["error"] == "broker unreadable: ConnectionError"
+        assert [r["where"] for r in report["risks"]] == ["app conf"]
+        assert report["redelivery"] == [] and report["unacked"] is None
