@@ -263,6 +263,27 @@ def annotate(
     return rows
 
 
+def detail_flags(store: Store, task: dict[str, Any], now: float | None = None) -> dict[str, Any]:
+    """``lost``, ``stuck``, ``stuck_reason`` of one task's detail (its fields are
+    all there; ``worker_online`` is the detail's own look at its worker)."""
+    now = time.time() if now is None else now
+    state, worker = task.get("state"), task.get("worker")
+    lost_now = state in RUNNING and bool(worker) and task.get("worker_online") is not True
+    reason = None
+    if state == "STARTED":
+        p99 = P99(store, store.settings.stuck_p99_factor)
+        reason = stuck_reason(
+            state,
+            task.get("started"),
+            task.get("time_limit"),
+            task.get("soft_time_limit"),
+            now,
+            p99.get(task.get("name")),
+            p99.factor,
+        )
+    return {"lost": lost_now, "stuck": reason is not None, "stuck_reason": reason}
+
+
 def parse_flag(value: str | None) -> str | None:
     """The ``flag`` parameter of the task list: lost, stuck or nothing (QueryError else)."""
     from .web.queries import QueryError
