@@ -65,8 +65,10 @@ P99_WINDOW = 24 * 3600
 P99_NAMES = 20
 #: A task is never stuck by the p99 rule before running this long.
 P99_FLOOR = 60.0
-#: Entries of the broker's unacked index read at most (oldest first).
-UNACKED_READ = 1000
+#: Entries of the broker's unacked index read at most (oldest first). The script
+#: blocks the broker's Redis while it runs: ~6 ms for 500 messages of 1 kB
+#: (bench/bench_lost.py), once per BROKER_CACHE_SECONDS per serve process.
+UNACKED_READ = 500
 #: Larger unacked messages are not JSON-decoded by the script (only their id is
 #: looked for in the text).
 UNACKED_DECODE_BYTES = 256 * 1024
