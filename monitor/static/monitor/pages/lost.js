@@ -15,9 +15,9 @@
 
   function flagBadges(row) {
     var out = [];
-    if (row.lost) out.push(h("span", {class: "badge state-lost", text: "lost",
+    if (row.lost) out.push(h("span", {class: "badge state-lost flag", text: "lost",
       title: "its worker is offline: this task may be lost"}));
-    if (row.stuck) out.push(h("span", {class: "badge flag-stuck", text: "stuck",
+    if (row.stuck) out.push(h("span", {class: "badge flag-stuck flag", text: "stuck",
       title: row.stuck_reason || "stuck"}));
     return out;
   }
