@@ -20,7 +20,6 @@ from flask import Blueprint, Response, current_app, request
 
 from .. import fastjson
 from ..auth import Role
-from ..store import MAX_MEMBERS
 from . import queries, security
 from .api import error, get_store, register_converter, register_errors
 from .inspect import InspectError
@@ -198,13 +197,12 @@ def tasks() -> Any:
 @flower.get("/task/info/<anypath:task_id>")
 def task_info(task_id: str) -> Any:
     store = get_store()
-    fields = store.redis.hgetall(store.keys.task(task_id))
+    fields = queries.task_fields(store, task_id)
     if not fields:
         return error(f"Unknown task '{task_id}'", 404)
     info = flower_task(task_id, visible_row(fields, security.can_see_args()))
     info["task-id"] = task_id
-    # at most MAX_MEMBERS of them: a task may have started 100,000 children
-    info["children"] = sorted(store.redis.srandmember(store.keys.children(task_id), MAX_MEMBERS))
+    info["children"] = queries.task_children(store, task_id)
     return _json(info)
 
 

@@ -9,7 +9,6 @@ from flask import Blueprint, current_app, jsonify
 
 from .. import __version__
 from ..store import LIST_FIELDS, MAX_KEY_PART
-from .api import MAX_STATS_MINUTES
 from .flower_api import FLOWER_SORT_BY, MAX_FLOWER_LIMIT, MAX_FLOWER_OFFSET
 from .inspect import REFRESH_REUSE, REFRESH_WAIT
 from .queries import (
@@ -18,6 +17,7 @@ from .queries import (
     MAX_LIMIT,
     MAX_NAMES,
     MAX_STATES,
+    MAX_STATS_MINUTES,
     MAX_TEXT,
     SCAN_BUDGET,
     SCAN_SECONDS,
