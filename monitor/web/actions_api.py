@@ -35,9 +35,7 @@ from werkzeug.exceptions import HTTPException
 
 from ..actions import (
     BULK_LIMIT,
-    RETRIABLE_STATES,
     TERMINATE_SIGNALS,
-    UNFINISHED_STATES,
     ActionError,
     Controller,
     TaskFilter,
@@ -45,6 +43,7 @@ from ..actions import (
 )
 from ..auth import Role
 from ..model import brief
+from ..vocabulary import RETRIABLE_STATES, UNFINISHED_STATES
 from . import queries
 from .api import error, register_converter
 from .queries import QueryError

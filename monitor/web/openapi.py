@@ -8,7 +8,8 @@ from typing import Any
 from flask import Blueprint, current_app, jsonify
 
 from .. import __version__
-from ..store import LIST_FIELDS, MAX_KEY_PART
+from ..store import MAX_KEY_PART
+from ..vocabulary import LIST_FIELDS, SORT_FIELDS
 from .flower_api import FLOWER_SORT_BY, MAX_FLOWER_LIMIT, MAX_FLOWER_OFFSET
 from .inspect import REFRESH_REUSE, REFRESH_WAIT
 from .queries import (
@@ -21,7 +22,6 @@ from .queries import (
     MAX_TEXT,
     SCAN_BUDGET,
     SCAN_SECONDS,
-    SORT_FIELDS,
     SORT_LIMIT,
 )
 

@@ -51,7 +51,8 @@ from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Any
 
-from ..store import LIST_FIELDS, MAX_KEY_PART, MAX_MEMBERS, Store
+from ..store import MAX_KEY_PART, MAX_MEMBERS, Store
+from ..vocabulary import FILTER_FIELDS, LIST_FIELDS, SEARCH_FIELDS, SORT_FIELDS, state_word
 from .visibility import visible_task
 
 logger = logging.getLogger(__name__)
@@ -87,10 +88,6 @@ MAX_STATES = 16
 MAX_TEXT = 1000
 #: Task names returned by the task-names endpoints, most recently seen first.
 MAX_NAMES = 10_000
-SORT_FIELDS = ("updated", "name", "state", "worker", "received", "started", "succeeded", "runtime")
-SEARCH_FIELDS = ("args", "kwargs", "result", "exception")
-#: What a filter tests on each scanned task (the first field tells a task that is gone).
-FILTER_FIELDS = ("state", "name", "worker")
 #: Children whose rows are inlined in a task's detail (more are listed by id only).
 MAX_CHILD_ROWS = 200
 MAX_STATS_MINUTES = 24 * 60
@@ -1091,7 +1088,7 @@ def stats(store: Store, minutes: int = 60, now: float | None = None) -> dict[str
         row: dict[str, Any] = {"minute": entry["minute"]}
         for field, value in entry["counters"].items():
             if field.startswith("state:"):
-                row[_state_key(field[6:])] = int(_count(value))
+                row[state_word(field[6:])] = int(_count(value))
             elif field.startswith("rtsum:"):
                 name = field[6:]
                 runtime_sum[name] = runtime_sum.get(name, 0.0) + _count(value)
@@ -1132,22 +1129,6 @@ def stats(store: Store, minutes: int = 60, now: float | None = None) -> dict[str
         "malformed": sum(v for k, v in meta.items() if k.startswith("malformed")),
         "partial": budget.cut,
     }
-
-
-_STATE_NAMES = {
-    "SUCCESS": "succeeded",
-    "FAILURE": "failed",
-    "RETRY": "retried",
-    "RECEIVED": "received",
-    "STARTED": "started",
-    "REVOKED": "revoked",
-    "PENDING": "sent",
-    "REJECTED": "rejected",
-}
-
-
-def _state_key(state: str) -> str:
-    return _STATE_NAMES.get(state, state.lower())
 
 
 # -- Flower's reads, and small ones ----------------------------------------------
