@@ -44,8 +44,9 @@ import redis
 
 from .jobs import Job, JobContext
 from .keys import RedisBrokerKeys
-from .model import READY_STATES, TaskEvent
-from .store import LIST_FIELDS, Store, redis_client
+from .model import TaskEvent
+from .store import Store, redis_client
+from .vocabulary import LIST_FIELDS, READY_STATES
 
 logger = logging.getLogger(__name__)
 
