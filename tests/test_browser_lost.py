@@ -26,6 +26,7 @@ from .helpers import (
     ServeProcess,
     require_chromium,
     require_service,
+    wait_for,
 )
 
 pytestmark = [pytest.mark.browser]
@@ -111,8 +112,9 @@ def seed(env) -> dict[str, str]:
         "properties": {"delivery_tag": "t1"},
     }
     r = redis_lib.Redis.from_url(env["broker"].url)
-    r.zadd("unacked_index", {"t1": now - 60})
-    r.hset("unacked", "t1", json.dumps([message, "", "celery"]))
+    tag = "tag-" + ids["lost"]
+    r.zadd("unacked_index", {tag: now - 60})
+    r.hset("unacked", tag, json.dumps([message, "", "celery"]))
     r.close()
     return ids
 
@@ -125,11 +127,12 @@ def test_lost_page_shows_lost_stuck_redelivery_and_risks(env, page):
     lost_row.wait_for(timeout=20_000)
     assert "lost" in lost_row.locator(".badge.state-lost").inner_text()
     stuck_row = page.locator(f'tr.flag-row[data-id="{ids["stuck"]}"]')
-    assert "past its time limit (120 s)" in stuck_row.inner_text()
+    assert "past its time limit (2 min)" in stuck_row.inner_text()
     assert stuck_row.locator(".badge.flag-stuck").count() == 1
     main = page.locator("main").inner_text()
     assert "app conf: acks_late without task_reject_on_worker_lost" in main
-    assert "2 s (app conf)" in main  # the visibility timeout and where it comes from
+    # the visibility timeout and where it comes from
+    assert "Visibility timeout\n2.00 s (app conf)" in main
     redelivered = page.locator(
         f'section:has(h2:text("Will be redelivered")) tr[data-id="{ids["lost"]}"]'
     )
@@ -151,4 +154,25 @@ def test_task_list_flag_filter_and_badges(env, page):
     page.screenshot(path=str(SHOTS / "tasks-flag-lost.png"))
     page.goto(env["serve"].url + "/tasks")  # the plain list badges flagged rows too
     page.locator(f'tr[data-id="{ids["stuck"]}"] .badge.flag-stuck').wait_for(timeout=20_000)
+    assert page.errors == []
+
+
+def test_task_page_says_lost_and_will_be_redelivered(env, page):
+    ids = seed(env)
+
+    def redelivery_known():  # the serve process reuses a broker read for 5 s
+        response = env["serve"].get(f"/api/v1/tasks/{ids['lost']}")
+        return response is not None and response.ok and response.json()["broker"].get("redelivery")
+
+    wait_for(redelivery_known, 15, 0.5, what="the broker read to include the new message")
+    page.goto(env["serve"].url + f"/task/{ids['lost']}")
+    page.wait_for_selector("text=Timeline")
+    assert "may be lost" in page.locator(".state-lost").first.inner_text()
+    note = page.locator(".redelivery-note")
+    note.wait_for(timeout=10_000)
+    assert "Will be redelivered" in note.inner_text()
+    page.goto(env["serve"].url + f"/task/{ids['stuck']}")
+    page.wait_for_selector("text=Timeline")
+    assert "past its time limit (2 min)" in page.locator(".stuck-note").inner_text()
+    page.screenshot(path=str(SHOTS / "task-stuck.png"))
     assert page.errors == []

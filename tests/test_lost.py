@@ -143,11 +143,11 @@ def test_stuck_reason_rules():
 def test_acks_late_without_reject_on_worker_lost_is_a_risk_from_app_conf_and_tasks():
     app = Celery("risky", broker="redis://127.0.0.1:6379/0", set_as_current=False)
 
-    @app.task(name="proj.late", acks_late=True)
+    @app.task(name="proj.late", acks_late=True, shared=False)
     def late():
         return 1
 
-    @app.task(name="proj.safe", acks_late=True, reject_on_worker_lost=True)
+    @app.task(name="proj.safe", acks_late=True, reject_on_worker_lost=True, shared=False)
     def safe():
         return 1
 
@@ -364,3 +364,43 @@ def test_a_broker_that_is_away_costs_an_error_line_not_a_failed_report():
         assert report["error"] == "broker unreadable: ConnectionError"
         assert [r["where"] for r in report["risks"]] == ["app conf"]
         assert report["redelivery"] == [] and report["unacked"] is None
+
+
+# -- the API ------------------------------------------------------------------------------------
+def test_api_tasks_flag_filter_and_row_fields(store, client):
+    now = time.time()
+    store.apply(
+        [
+            beat("alive@h", now),
+            beat("dead@h", now - 100),
+            started("on-dead", now - 5, "dead@h"),
+            started("too-long", now - 100, "alive@h", time_limit=30),
+            started("fine", now - 3, "alive@h", time_limit=30),
+            TaskEvent("ok", "SUCCESS", now - 2, "signal", "dead@h", {"worker": "dead@h"}),
+        ]
+    )
+    body = client.get("/api/v1/tasks?flag=lost").get_json()
+    assert [r["id"] for r in body["tasks"]] == ["on-dead"] and body["tasks"][0]["lost"] is True
+    body = client.get("/api/v1/tasks?flag=stuck").get_json()
+    assert [r["id"] for r in body["tasks"]] == ["too-long"]
+    assert "past its time limit" in body["tasks"][0]["stuck_reason"]
+    # the plain list carries the flags on every row
+    rows = {r["id"]: r for r in client.get("/api/v1/tasks").get_json()["tasks"]}
+    assert {k: (r["lost"], r["stuck"]) for k, r in rows.items()} == {
+        "on-dead": (True, False),
+        "too-long": (False, True),
+        "fine": (False, False),
+        "ok": (False, False),
+    }
+    detail = client.get("/api/v1/tasks/too-long").get_json()
+    assert detail["stuck"] is True and detail["lost"] is False and "broker" in detail
+    assert client.get("/api/v1/tasks/on-dead").get_json()["lost"] is True
+    for bad in ("LOST", "x" * 900, "stuck;drop"):
+        response = client.get("/api/v1/tasks", query_string={"flag": bad})
+        assert response.status_code == 400 and "flag must be one of" in response.get_json()["error"]
+    response = client.get("/api/v1/tasks?flag=lost&sort=name")
+    assert response.status_code == 400 and "drop sort and q" in response.get_json()["error"]
+    spec = client.get("/api/openapi.json").get_json()
+    assert "/api/v1/risks" in spec["paths"]
+    params = {p["name"] for p in spec["paths"]["/api/v1/tasks"]["get"]["parameters"]}
+    assert "flag" in params

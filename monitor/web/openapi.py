@@ -8,6 +8,7 @@ from typing import Any
 from flask import Blueprint, current_app, jsonify
 
 from .. import __version__
+from ..lost import FLAGS
 from ..store import MAX_KEY_PART
 from ..vocabulary import LIST_FIELDS, SORT_FIELDS
 from .flower_api import FLOWER_SORT_BY, MAX_FLOWER_LIMIT, MAX_FLOWER_OFFSET
@@ -121,7 +122,17 @@ def spec(prefix: str = "") -> dict[str, Any]:
     paths = {
         "/api/v1/tasks": _get(
             "Tasks, newest first, filtered and paged",
-            task_filters,
+            [
+                *task_filters,
+                _param(
+                    "flag",
+                    "lost: RECEIVED/STARTED on a worker that is offline; stuck: STARTED past"
+                    " its time limit or far past its name's p99 (monitor.lost). A newest-first"
+                    " scan of the RECEIVED/STARTED indexes within the scan budget; not with"
+                    " sort or q",
+                    {"type": "string", "enum": list(FLAGS)},
+                ),
+            ],
             {
                 "200": _ok(
                     "a page; total is null when the indexes cannot count the filters"
@@ -304,7 +315,13 @@ def spec(prefix: str = "") -> dict[str, Any]:
     from .lost_api import lost_paths
 
     paths.update(lost_paths())
-    row_props = {name: {"type": "string"} for name in ("id", *LIST_FIELDS)}
+    row_props: dict[str, Any] = {name: {"type": "string"} for name in ("id", *LIST_FIELDS)}
+    # monitor.lost's flags, on every row of /api/v1/tasks (not the state: a flag)
+    row_props.update(
+        lost={"type": "boolean"},
+        stuck={"type": "boolean"},
+        stuck_reason={"type": ["string", "null"]},
+    )
     return {
         "openapi": "3.1.0",
         "info": {

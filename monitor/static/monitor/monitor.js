@@ -299,10 +299,19 @@
     };
   }
   var TASK_COLUMNS = ["State", "Name", "Task id", "Worker", "Received", "Runtime", "Arguments"];
+  // Flags, not states (monitor/lost.py): the rows of /api/v1/tasks carry lost and stuck.
+  function flagBadges(row) {
+    var out = [];
+    if (row.lost === true) out.push(h("span", {class: "badge state-lost flag", text: "lost",
+      title: "its worker is offline: this task may be lost"}));
+    if (row.stuck === true) out.push(h("span", {class: "badge flag-stuck flag", text: "stuck",
+      title: String(row.stuck_reason || "stuck")}));
+    return out;
+  }
   var taskRow = safeRow(drawTaskRow, TASK_COLUMNS.length);
   function drawTaskRow(row) {
     var tr = h("tr", {"data-id": row.id},
-      h("td", null, badge(row.state)),
+      h("td", null, badge(row.state), flagBadges(row)),
       h("td", {class: "name", text: row.name || "—"}),
       h("td", {class: "mono"}, taskLink(row.id)),
       h("td", null, row.worker ? workerLink(row.worker) : h("span", {class: "muted", text: "—"})),
@@ -591,11 +600,11 @@
   pages.tasks = function () {
     var params = new URLSearchParams(location.search);
     var filters = {};
-    ["state", "name", "worker", "since", "until", "q", "sort", "order"].forEach(function (k) {
-      if (params.get(k)) filters[k] = params.get(k);
-    });
+    ["state", "name", "worker", "since", "until", "q", "sort", "order", "flag"]
+      .forEach(function (k) { if (params.get(k)) filters[k] = params.get(k); });
     var rows = new Map();   // id -> row, in display order
-    var nextCursor = null, total = null, liveOn = !filters.q && !filters.sort;
+    // A flag filter is a scan: live pushes update its rows, they add none.
+    var nextCursor = null, total = null, liveOn = !filters.q && !filters.sort && !filters.flag;
     var tbody, summary, more;
 
     function form(names) {
@@ -619,13 +628,19 @@
         [["", "newest first"], ["runtime", "slowest first"], ["name", "by name"]].map(function (o) {
           return h("option", {value: o[0], text: o[1], selected: (filters.sort || "") === o[0] ?
             "selected" : null}); }));
+      var flag = h("select", {name: "flag", title: "lost: on an offline worker; stuck: past " +
+        "its time limit or far past its p99"},
+        [["", "any flag"], ["lost", "lost"], ["stuck", "stuck"]].map(function (o) {
+          return h("option", {value: o[0], text: o[1], selected: (filters.flag || "") === o[0] ?
+            "selected" : null}); }));
       var f = h("form", {class: "filters", onsubmit: function (ev) {
         ev.preventDefault();
         var next = {state: state.value, name: name.value, worker: worker.value.trim(),
                     since: toEpoch(since.value), until: toEpoch(until.value), q: q.value.trim(),
-                    sort: sort.value, order: sort.value === "name" ? "asc" : ""};
+                    sort: sort.value, order: sort.value === "name" ? "asc" : "",
+                    flag: flag.value};
         location.search = qs(next);
-      }}, state, name, worker, since, until, q, sort,
+      }}, state, name, worker, since, until, q, sort, flag,
         h("button", {type: "submit", text: "Apply"}),
         h("a", {href: CFG.prefix + "/tasks", class: "reset", text: "Reset"}),
         CAN_ACT ? h("a", {class: "bulk-link", title: "retry or revoke the tasks this filter " +
@@ -633,7 +648,7 @@
             filters.state) >= 0 ? "revoke" : "retry", state: filters.state, name: filters.name,
           worker: filters.worker, since: filters.since, until: filters.until}),
           text: "Bulk…"}) : null);
-      [state, name, sort].forEach(function (el) {
+      [state, name, sort, flag].forEach(function (el) {
         el.addEventListener("change", function () { f.requestSubmit(); });
       });
       return f;
@@ -657,7 +672,13 @@
     function upsert(list) {
       var fresh = new Map();
       list.forEach(function (r) {
-        if (rows.has(r.id)) rows.set(r.id, r);
+        // a pushed row has no flags: keep the fetched ones until the next fetch
+        var had = rows.get(r.id);
+        if (had && r.lost === undefined) {
+          r = Object.assign({}, r, {lost: had.lost, stuck: had.stuck,
+                                    stuck_reason: had.stuck_reason});
+        }
+        if (had) rows.set(r.id, r);
         else if (liveOn) fresh.set(r.id, r);
       });
       if (fresh.size) {
@@ -834,10 +855,23 @@
       var lost = task.worker_online === false && task.state && !NOT_RUNNING[task.state] ?
         h("span", {class: "badge state-lost", title: "the worker that ran this task stopped " +
           "sending heartbeats", text: "worker offline: this task may be lost"}) : null;
+      var stuck = task.stuck === true ? h("span", {class: "badge flag-stuck flag",
+        title: String(task.stuck_reason || ""), text: "stuck"}) : null;
+      // What the Redis broker will do with it (monitor/lost.py: unacked, visibility timeout)
+      var brokerInfo = task.broker && typeof task.broker === "object" ? task.broker : {};
+      if (task.stuck === true) notes.push(h("div", {class: "warn-note stuck-note",
+        text: "Stuck: " + String(task.stuck_reason || "")}));
+      if (brokerInfo.redelivery) notes.push(h("div", {class: "warn-note redelivery-note",
+        text: "Will be redelivered: its message has been unacknowledged for " +
+          fmtDuration(brokerInfo.redelivery.age) + ", longer than the broker's visibility " +
+          "timeout; the next worker that restores unacked messages puts it back in its queue."}));
+      if (brokerInfo.eta_beyond_visibility) notes.push(h("div", {class: "warn-note eta-note",
+        text: "Will run twice: its ETA is further from its delivery than the broker's " +
+          "visibility timeout, so the message is redelivered before it runs."}));
       var shown = {id: 1, state: 1, name: 1, timeline: 1, children: 1, group: 1, args: 1, kwargs: 1,
         args_json: 1, kwargs_json: 1, result: 1, exception: 1, traceback: 1, progress: 1,
         children_rows: 1, worker_online: 1, retry_of: 1, retried_as: 1, retried_by: 1, body: 1,
-        publish_headers: 1};
+        publish_headers: 1, lost: 1, stuck: 1, stuck_reason: 1, broker: 1};
       var other = Object.keys(task).filter(function (k) { return !shown[k] &&
         !/_truncated$/.test(k) && !(/_reported$/.test(k) && TIME_FIELDS.test(k.slice(0, -9))); })
         .sort().map(function (k) {
@@ -850,7 +884,7 @@
       clear(top);
       append(top, [
         h("div", {class: "title-row"}, h("h1", {class: "name", text: task.name || "unknown task"}),
-          badge(task.state), lost),
+          badge(task.state), lost, stuck),
         h("p", {class: "mono muted", text: id}), lineage(task)]);
       clear(body);
       append(body, [
@@ -968,6 +1002,9 @@
       var t = d && d.task;
       if (!t || typeof t !== "object") return;
       if (t.id === id || t.id === undefined) {
+        // pushes carry no broker view (the API adds it): keep the last one fetched
+        if (t.broker === undefined && lastTask && lastTask.broker && NOT_RUNNING[t.state] !==
+            1) t = Object.assign({}, t, {broker: lastTask.broker});
         lastTask = t;
         schedule(function () { render(t); });
       } else if (t.id in watched) {
