@@ -108,7 +108,8 @@ class RoomRefused(RoomError):
     """A valid room that a cap keeps this connection out of."""
 
 
-def _value(payload: dict[str, Any], key: str, what: str) -> str:
+def room_arg(payload: dict[str, Any], key: str, what: str) -> str:
+    """A kind's ``parse`` helper: ``payload[key]``, a non-empty string of at most MAX_VALUE."""
     value = payload.get(key)
     if not isinstance(value, str) or not value:
         raise RoomError(f"{what} room needs a {key}")
@@ -379,10 +380,10 @@ ROOM_KINDS: dict[str, RoomKind] = {
     # no snapshot: the page fetches the list
     "tasks": RoomKind(_parse_filters, push=_push_lists, index=TaskLists, on=_TASK),
     "task": RoomKind(
-        lambda p: _value(p, "id", "task"), _task, _push_details, on=_TASK, drops="task"
+        lambda p: room_arg(p, "id", "task"), _task, _push_details, on=_TASK, drops="task"
     ),
     "worker": RoomKind(
-        lambda p: _value(p, "hostname", "worker"),
+        lambda p: room_arg(p, "hostname", "worker"),
         _worker,
         _push_workers,
         on=_TASK | _WORKER,
