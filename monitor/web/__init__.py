@@ -68,6 +68,8 @@ class MonitorExtension:
     allowed_hosts: tuple[str, ...] = ()
     #: (monotonic time, answer) of the last "are users configured?" question.
     users_cache: Any = None
+    #: The user's Celery app (create_app(celery_app=...), serve -A): its beat_schedule ...
+    celery_app: Any = None
 
     @property
     def socketio_path(self) -> str:
@@ -196,6 +198,7 @@ def init_app(
     from . import security
     from .actions_api import actions_api
     from .api import api
+    from .beat_api import beat_api
     from .flower_api import flower
     from .flower_control import flower_control
     from .live import Hub, register_handlers
@@ -218,6 +221,7 @@ def init_app(
         (bp, prefix or None),
         (api, prefix + "/api/v1"),
         (actions_api, prefix + "/api/v1"),
+        (beat_api, prefix + "/api/v1"),
         (flower, prefix + "/api"),
         (flower_control, prefix + "/api"),
         (openapi_bp, prefix + "/api"),
@@ -259,6 +263,7 @@ def init_app(
         auth=AuthStore(store.redis, store.keys, settings),
         audit=AuditLog(store.redis, store.keys, settings),
         allowed_hosts=allowed_hosts,
+        celery_app=celery_app,
     )
     flask_app.extensions["monitor"] = ext
     security.configure_app(flask_app, ext, _standalone)
