@@ -40,9 +40,41 @@
   }, 1000);
 
   function text(v) { return v === null || v === undefined ? "" : String(v); }
+  // The server's clock minus this one's: a status turns "due", then "missed", as time
+  // passes (the server's rule: now > due, now > due + grace) without asking again.
+  var skew = 0;
+  function statusNow(e) {
+    var due = M.num(e.due), grace = M.num(e.grace), now = Date.now() / 1000 + skew;
+    if (e.status === "disabled" || e.status === "unknown" || due === null) return e.status;
+    if (e.missed || (grace !== null && now > due + grace)) return "missed";
+    return now > due ? "due" : "scheduled";
+  }
+  function setStatus(el, s) {
+    if (!STATUS_TEXT[s]) s = "unknown";
+    el.className = "badge beat-status beat-" + s;
+    el.textContent = STATUS_TEXT[s];
+    var tr = el.closest("tr");
+    if (tr) tr.className = "beat-row beat-row-" + s;
+  }
+  var live = [];  // [badge element, entry] of the rows drawn
+  var truncated = false;
+  function writeStatus() {
+    var missed = 0;
+    live.forEach(function (pair) {
+      var s = statusNow(pair[1]);
+      setStatus(pair[0], s);
+      if (s === "missed") missed++;
+    });
+    status.textContent = M.fmtNum(live.length) + " entr" + (live.length === 1 ? "y" : "ies") +
+      (missed ? " · " + M.fmtNum(missed) + " missed" : "") +
+      (truncated ? " · more exist than are listed" : "");
+  }
+  setInterval(writeStatus, 1000);
   function statusBadge(e) {
     var s = STATUS_TEXT[e.status] ? e.status : "unknown";
-    var badges = [h("span", {class: "badge beat-status beat-" + s, text: STATUS_TEXT[s]})];
+    var main = h("span", {class: "badge beat-status beat-" + s, text: STATUS_TEXT[s]});
+    live.push([main, e]);
+    var badges = [main];
     if (e.never_run) {
       badges.push(" ", h("span", {class: "badge beat-status beat-never", text: "never run",
         title: "no run of this entry seen since the monitor's oldest stored task"}));
@@ -92,13 +124,14 @@
 
   function draw(b) {
     var entries = Array.isArray(b && b.entries) ? b.entries : [];
+    var serverNow = M.num(b && b.now);
+    skew = serverNow === null ? 0 : serverNow - Date.now() / 1000;
+    live = [];
     M.clear(tbody);
     M.clear(notes);
     entries.forEach(function (e, i) { tbody.appendChild(drawRow(e, i, entries)); });
-    var missed = entries.filter(function (e) { return e && e.missed; }).length;
-    status.textContent = M.fmtNum(entries.length) + " entr" + (entries.length === 1 ? "y" : "ies") +
-      (missed ? " · " + M.fmtNum(missed) + " missed" : "") + (b && b.truncated ?
-        " · more exist than are listed" : "");
+    truncated = !!(b && b.truncated);
+    writeStatus();
     var sources = (b && b.sources) || {};
     if (sources.app && !sources.app.configured) {
       notes.appendChild(h("p", {class: "note muted", text: "The monitor was started without " +
