@@ -42,6 +42,12 @@ _SCHEDULE = {
         "args": ("<script>alert(1)</script>",),
     },
 }
+if os.environ.get("BEAT_REDBEAT_PREFIX"):
+    app.conf.update(
+        redbeat_key_prefix=os.environ["BEAT_REDBEAT_PREFIX"],
+        redbeat_redis_url=os.environ.get("BEAT_REDBEAT_URL", "redis://127.0.0.1:6379/0"),
+    )
+
 _skip = {name for name in os.environ.get("BEAT_SKIP", "").split(",") if name}
 app.conf.beat_schedule = {name: spec for name, spec in _SCHEDULE.items() if name not in _skip}
 

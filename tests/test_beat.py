@@ -458,3 +458,70 @@ def test_redbeat_redis_away_still_lists_the_app_schedule(store):
     assert [e["name"] for e in status["entries"]] == ["s"]
     assert "cannot read redbeat" in status["sources"]["redbeat"]["error"]
     app.close()
+
+
+def test_a_real_redbeat_scheduler_is_read_back(store, prefix):
+    """``celery beat -S redbeat.RedBeatScheduler`` keeps the app's schedule in its keys
+    (under the test's prefix): the monitor shows redbeat's entries, its run counts,
+    last runs and next runs, and the runs its hook saw."""
+    import redis as redis_lib
+
+    rb_prefix = f"{prefix}-rb:"
+    queue = f"q-{prefix}"
+    tmp = Path(tempfile.mkdtemp(prefix="monitor-test-redbeat-"))
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MONITOR_")}
+    env.update(
+        TEST_BROKER_URL=BROKER,
+        TEST_QUEUE=queue,
+        TEST_HOOKS="1",
+        MONITOR_REDIS_URL=REDIS_URL,
+        MONITOR_PREFIX=prefix,
+        BEAT_SKIP="forgotten",
+        BEAT_REDBEAT_PREFIX=rb_prefix,
+        BEAT_REDBEAT_URL=REDIS_URL,
+        PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""),
+    )
+    args = [sys.executable, "-m", "celery", "-A", "tests.beatapp", "beat"]
+    args += ["-S", "redbeat.RedBeatScheduler", "--pidfile", "", "--loglevel", "info"]
+    app = Celery("rb-monitor")
+    app.conf.update(redbeat_redis_url=REDIS_URL, redbeat_key_prefix=rb_prefix, timezone="UTC")
+    app.conf.beat_schedule = dict(beatapp._SCHEDULE)
+    with open(tmp / "beat.log", "w") as log:
+        proc = subprocess.Popen(
+            args, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+        )
+        try:
+
+            def counted():
+                status = beat.beat_status(store, app)
+                tick = _by_name(status["entries"])["tick-1"]
+                return (tick.get("total_run_count") or 0) >= 2 and tick["last_run"] and status
+
+            status = wait_for(counted, 30, 0.2, what=lambda: (tmp / "beat.log").read_text()[-2000:])
+        finally:
+            stop_process(proc)
+    try:
+        rows = _by_name(status["entries"])
+        assert status["sources"]["redbeat"]["present"] is True
+        assert status["sources"]["redbeat"]["lock_held"] is True  # the scheduler was running
+        tick = rows["tick-1"]
+        assert tick["source"] == "redbeat" and tick["in_app_schedule"] is True
+        assert tick["redbeat_key"] == f"{rb_prefix}tick-1"
+        assert tick["schedule"] == "every 1 s" and tick["task"] == "tests.beatapp.tick"
+        # redbeat's record of when it sent the run, and the run the hook saw
+        assert tick["beat_last_run_at"] == pytest.approx(tick["last_run"], abs=1.0)
+        assert store.get_task(tick["last_run_id"])["beat"] == "1"
+        assert store.get_task(tick["last_run_id"])["args"] == "[1]"
+        assert tick["next_run"] > tick["beat_last_run_at"]  # redbeat's own plan (zset score)
+        assert tick["missed"] is False
+        assert rows["new-year"]["source"] == "redbeat" and rows["new-year"]["missed"] is False
+        # not given to this beat (BEAT_SKIP): the app's entry only
+        assert rows["forgotten"]["source"] == "app"
+        assert all(not n.startswith(":") for n in rows)  # the zset's own key is no entry
+    finally:
+        for key in store.redis.scan_iter(rb_prefix + "*"):
+            store.redis.delete(key)
+        broker = redis_lib.Redis.from_url(BROKER)
+        broker.delete(queue, f"_kombu.binding.{queue}")
+        broker.close()
+        app.close()
