@@ -525,3 +525,68 @@ def test_a_real_redbeat_scheduler_is_read_back(store, prefix):
         broker.delete(queue, f"_kombu.binding.{queue}")
         broker.close()
         app.close()
+
+
+def test_attribution_rules(store):
+    """Several entries of one task: by args; a call the hook saw without beat's mark is
+    none of them; a name whose read window is full of other calls is not missed for it."""
+    from monitor.model import TaskEvent
+
+    now = time.time()
+    app = Celery("attribution")
+    app.conf.beat_schedule = {
+        "one": {"task": "proj.shared", "schedule": 60.0, "args": (1,)},
+        "two": {"task": "proj.shared", "schedule": 60.0, "args": (2,)},
+        "busy": {"task": "proj.busy", "schedule": 60.0},
+    }
+    hooked = {"body_error": "test", "kwargs": "{}"}
+    events = [
+        # the store's oldest task, an hour ago: "busy" would be missed from there
+        TaskEvent("old", "SUCCESS", now - 3600, "event", "w", {"name": "proj.other"}),
+        TaskEvent(
+            "b1",
+            "PENDING",
+            now - 5,
+            "signal",
+            "beat",
+            {"name": "proj.shared", "args": "[1]", "beat": "1", **hooked},
+        ),
+        TaskEvent(
+            "m2",
+            "PENDING",
+            now - 4,
+            "signal",
+            "me",
+            {"name": "proj.shared", "args": "[2]", **hooked},
+        ),  # called by hand: not beat's
+        TaskEvent(
+            "e2",
+            "PENDING",
+            now - 6,
+            "event",
+            "beat",
+            {"name": "proj.shared", "args": "[2]", "kwargs": "{}"},
+        ),  # a task-sent event: no header to tell
+    ]
+    events += [
+        TaskEvent(
+            f"busy-{i}",
+            "PENDING",
+            now - 10 + i * 0.1,
+            "signal",
+            "me",
+            {"name": "proj.busy", "args": "()", **hooked},
+        )
+        for i in range(beat.MAX_PER_NAME + 10)
+    ]
+    store.apply(events)
+    rows = _by_name(beat.periodic_tasks(store, app, now=now))
+    assert rows["one"]["last_run_id"] == "b1" and rows["one"]["runs_seen"] == 1
+    assert rows["two"]["last_run_id"] == "e2" and rows["two"]["runs_seen"] == 1
+    busy = rows["busy"]
+    assert busy["never_run"] is True and busy["last_run"] is None
+    # only the newest 50 calls were read, all within 10 s: no run since then, not missed
+    assert busy["missed"] is False
+    assert busy["due"] == pytest.approx(now - 10 + 10 * 0.1 + 60, abs=0.5)
+    status = beat.beat_status(store, app, now=now)
+    assert status["horizon"] == pytest.approx(now - 3600, abs=1e-3)
