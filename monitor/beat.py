@@ -634,6 +634,24 @@ def beat_status(store: Store, celery_app: Any, now: float | None = None) -> dict
     }
 
 
+#: (redis_url, prefix) -> the Celery app the web tier was given for that store
+#: (init_app binds it), for code that only holds a Store: the live "beat" room.
+_bound_apps: dict[tuple[str, str], Any] = {}
+
+
+def bind_app(settings: Any, celery_app: Any) -> None:
+    """Remember ``celery_app`` as the app of the store ``settings`` name."""
+    if celery_app is not None:
+        if len(_bound_apps) >= 64:  # apps built and dropped (tests): keep the newest
+            _bound_apps.pop(next(iter(_bound_apps)))
+        _bound_apps[(settings.redis_url, settings.prefix)] = celery_app
+
+
+def app_for(store: Store) -> Any:
+    """The Celery app bound to ``store``'s Redis and prefix, or None."""
+    return _bound_apps.get((store.settings.redis_url, store.settings.prefix))
+
+
 def periodic_tasks(store: Store, celery_app: Any, now: float | None = None) -> list[dict[str, Any]]:
     """Every periodic task: ``name, task, schedule, source, last_run, next_run, missed``
     (and the other fields of :func:`beat_status`' rows). Times are UNIX seconds."""

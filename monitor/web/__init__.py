@@ -266,5 +266,9 @@ def init_app(
         celery_app=celery_app,
     )
     flask_app.extensions["monitor"] = ext
+    if celery_app is not None:
+        from .. import beat
+
+        beat.bind_app(settings, celery_app)  # the live "beat" room holds only a Store
     security.configure_app(flask_app, ext, _standalone)
     return flask_app
