@@ -590,3 +590,29 @@ def test_attribution_rules(store):
     assert busy["due"] == pytest.approx(now - 10 + 10 * 0.1 + 60, abs=0.5)
     status = beat.beat_status(store, app, now=now)
     assert status["horizon"] == pytest.approx(now - 3600, abs=1e-3)
+
+
+def test_viewers_see_no_entry_arguments_when_hidden(settings, store):
+    import base64
+
+    from monitor.auth import AuthStore
+    from monitor.web import create_app
+
+    auth = AuthStore(store.redis, store.keys, settings)
+    auth.add_user("olga", "correct horse battery", "operator")
+    auth.add_user("vic", "correct horse battery", "viewer")
+    app = create_app(
+        settings.replace(hide_args_from_viewers=True), message_queue=None, celery_app=beatapp.app
+    )
+    client = app.test_client()
+
+    def get(user):
+        raw = base64.b64encode(f"{user}:correct horse battery".encode()).decode()
+        return client.get("/api/v1/beat", headers={"Authorization": f"Basic {raw}"})
+
+    assert client.get("/api/v1/beat").status_code == 401  # users exist: log in first
+    seen = get("vic").get_json()
+    assert all(e["args"] is None and e["kwargs"] is None for e in seen["entries"])
+    assert "<b>two</b>" not in json.dumps(seen)
+    full = _by_name(get("olga").get_json()["entries"])
+    assert full["tick-2"]["kwargs"] == "{'label': '<b>two</b>'}"
