@@ -182,23 +182,9 @@ def test_entries_beat_never_ran(cluster):
     assert new_year["args"] == "('<script>alert(1)</script>',)"
 
 
-def test_stopped_beat_turns_its_entries_missed(cluster):
-    proc = cluster["beat"]
-    stop_process(proc)  # SIGTERM: beat exits, its hook flushes what it sent
-    assert proc.returncode is not None  # its hook flushed what it sent at exit
-    last = _entries(cluster)["tick-1"]
-    missed = wait_for(lambda: (e := _entries(cluster)["tick-1"])["missed"] and e, 15, 0.2)
-    assert missed["last_run"] == last["last_run"]  # no run since beat stopped
-    assert missed["due"] == pytest.approx(last["last_run"] + 1.0, abs=0.01)
-    assert time.time() > missed["due"] + GRACE
-    assert missed["status"] == "missed" and missed["never_run"] is False
-    assert _entries(cluster)["tick-2"]["missed"] or wait_for(
-        lambda: _entries(cluster)["tick-2"]["missed"], 10, 0.2
-    )
-
-
-def test_page_shows_periodic_tasks_escaped(cluster):
-    """After beat stopped: the page lists every entry, links the last run, badges the missed."""
+def test_page_is_live_and_shows_the_stopped_beat_missed(cluster):
+    """The page lists every entry escaped, follows beat's runs live (the "beat" room),
+    and turns an entry missed once beat stops, without a reload."""
     require_chromium()
     from playwright.sync_api import sync_playwright
 
@@ -219,13 +205,17 @@ def test_page_shows_periodic_tasks_escaped(cluster):
             page.on("pageerror", lambda exc: errors.append(str(exc)))
             page.on("console", lambda msg: msg.type == "error" and errors.append(msg.text))
             page.goto(serve.url + "/beat")
+            page.wait_for_selector("#conn.conn-ok", timeout=20_000)
             page.wait_for_selector("tr.beat-row >> nth=3")
-            rows = page.locator("tr.beat-row")
-            assert rows.count() == 4
+            assert page.locator("tr.beat-row").count() == 4
             tick = page.locator('tr.beat-row[data-name="tick-1"]')
-            assert tick.locator(".badge.beat-missed").count() == 1
-            href = tick.locator("a.beat-last").get_attribute("href")
-            assert href.startswith("/task/")
+            tick.locator("a.beat-last").wait_for()
+            first = tick.locator("a.beat-last").get_attribute("href")
+            assert first.startswith("/task/")
+            assert tick.locator(".badge.beat-missed").count() == 0
+            # beat's next runs arrive through the room: a newer last run, no reload
+            wait_for(lambda: tick.locator("a.beat-last").get_attribute("href") != first, 15)
+            assert page.evaluate("performance.getEntriesByType('navigation').length") == 1
             forgotten = page.locator('tr.beat-row[data-name="forgotten"]')
             assert "never run" in forgotten.inner_text() and "missed" in forgotten.inner_text()
             # hostile text stays text
@@ -233,6 +223,10 @@ def test_page_shows_periodic_tasks_escaped(cluster):
             assert "<script>alert(1)</script>" in page.locator("main").inner_text()
             assert page.locator("main b, main script").count() == 0
             assert "Periodic" in page.locator("header nav a.active").inner_text()
+            # beat stops: the entry turns missed on the open page
+            stop_process(cluster["beat"])
+            tick.locator(".badge.beat-missed").wait_for(timeout=15_000)
+            assert page.evaluate("performance.getEntriesByType('navigation').length") == 1
             assert page.evaluate("window.__csp") == []
             SHOTS.mkdir(parents=True, exist_ok=True)
             page.screenshot(path=str(SHOTS / "beat.png"), full_page=True)
@@ -240,6 +234,21 @@ def test_page_shows_periodic_tasks_escaped(cluster):
             browser.close()
     finally:
         serve.stop()
+
+
+def test_stopped_beat_turns_its_entries_missed(cluster):
+    proc = cluster["beat"]
+    stop_process(proc)  # SIGTERM (done already by the page test): beat exits
+    assert proc.returncode is not None  # its hook flushed what it sent at exit
+    last = _entries(cluster)["tick-1"]
+    missed = wait_for(lambda: (e := _entries(cluster)["tick-1"])["missed"] and e, 15, 0.2)
+    assert missed["last_run"] == last["last_run"]  # no run since beat stopped
+    assert missed["due"] == pytest.approx(last["last_run"] + 1.0, abs=0.01)
+    assert time.time() > missed["due"] + GRACE
+    assert missed["status"] == "missed" and missed["never_run"] is False
+    assert _entries(cluster)["tick-2"]["missed"] or wait_for(
+        lambda: _entries(cluster)["tick-2"]["missed"], 10, 0.2
+    )
 
 
 # -- the API, without beat ----------------------------------------------------------

@@ -1,6 +1,6 @@
 /* Periodic tasks (/beat): the app's beat_schedule and celery-redbeat's entries, each with
  * its schedule, the last run seen (a link to that task), the next run and a missed badge.
- * Data from GET /api/v1/beat; every value (entry names, task names, args: redbeat's keys
+ * Data from GET /api/v1/beat, then the "beat" room's pushes; every value (entry names, task names, args: redbeat's keys
  * are anyone's to write) goes in by textContent through the toolkit, never as HTML.
  */
 (window.MonitorPages = window.MonitorPages || {}).beat = function (M) {
@@ -159,6 +159,9 @@
       tbody.appendChild(h("tr", null, h("td", {colspan: COLUMNS.length}, M.errorBox(e))));
     });
   }
+  // Live: the "beat" room pushes the same object on new runs and every few seconds.
+  M.on("beat", function (b) { M.schedule(function () { draw(b); }); });
+  M.subscribe({room: "beat"});
   M.handlers.refresh = load;
   load();
 };
