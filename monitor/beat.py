@@ -256,6 +256,13 @@ _clients_lock = threading.Lock()
 _MAX_CLIENTS = 8
 
 
+#: url -> (monotonic time until which it is not asked again, the error): a Redis
+#: that does not answer costs its connect timeout once per REDBEAT_RETRY, not on
+#: every request and live push.
+_failures: dict[str, tuple[float, str]] = {}
+REDBEAT_RETRY = 30.0
+
+
 def _client(url: str) -> redis.Redis:
     with _clients_lock:
         client = _clients.get(url)
@@ -598,6 +605,10 @@ def _row(entry: Entry, runs: _Runs, horizon: float | None, now: float, grace_set
     return row
 
 
+class _Backoff(Exception):
+    """redbeat's Redis failed less than REDBEAT_RETRY seconds ago: not asked again yet."""
+
+
 def beat_status(store: Store, celery_app: Any, now: float | None = None) -> dict[str, Any]:
     """``GET /api/v1/beat``: every periodic task with its last, next and missed runs,
     and what each source said."""
@@ -607,16 +618,27 @@ def beat_status(store: Store, celery_app: Any, now: float | None = None) -> dict
     sources["app"]["count"] = len(app_list)
     redbeat_list: list[Entry] = []
     if celery_app is not None:
+        url, keys, _why = redbeat_config(celery_app)
+        failed = _failures.get(url) if url else None
+        if failed is not None and failed[0] <= time.monotonic():
+            _failures.pop(url, None)  # type: ignore[arg-type]
+            failed = None
         try:
+            if failed is not None:
+                raise _Backoff(failed[1])
             redbeat_list, sources["redbeat"] = redbeat_entries(celery_app)
-        except redis.RedisError as exc:
+        except (redis.RedisError, _Backoff) as exc:
             # The user's Redis (often the broker) away: the app's schedule still shows.
-            url, keys, _why = redbeat_config(celery_app)
+            error = str(exc) if isinstance(exc, _Backoff) else type(exc).__name__
+            if url and failed is None:
+                if len(_failures) >= _MAX_CLIENTS:
+                    _failures.clear()
+                _failures[url] = (time.monotonic() + REDBEAT_RETRY, error)
             sources["redbeat"] = {
                 "prefix": _text(keys.prefix),
                 "url": mask_url(url),
                 "present": None,
-                "error": f"cannot read redbeat's keys: {type(exc).__name__}",
+                "error": f"cannot read redbeat's keys: {error}",
             }
     entries = _merge(app_list, redbeat_list)
     runs, horizon = _attribute(store, entries)

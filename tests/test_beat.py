@@ -466,6 +466,12 @@ def test_redbeat_redis_away_still_lists_the_app_schedule(store):
     status = beat.beat_status(store, app)
     assert [e["name"] for e in status["entries"]] == ["s"]
     assert "cannot read redbeat" in status["sources"]["redbeat"]["error"]
+    # not asked again at once: the next call answers from the remembered failure
+    url = app.conf.redbeat_redis_url
+    until, error = beat._failures[url]
+    again = beat.beat_status(store, app)
+    assert again["sources"]["redbeat"]["error"] == f"cannot read redbeat's keys: {error}"
+    assert beat._failures[url][0] == until
     app.close()
 
 
