@@ -528,8 +528,9 @@ def _same_call(entry: Entry, args: Any, kwargs: Any, queue: Any) -> bool:
 
 
 # -- the whole picture ----------------------------------------------------------------
-def _merge(app_list: list[Entry], redbeat_list: list[Entry]) -> list[Entry]:
-    """redbeat keeps the app's static entries under the same names: one row each."""
+def _merge(app_list: list[Entry], redbeat_list: list[Entry]) -> tuple[list[Entry], int]:
+    """redbeat keeps the app's static entries under the same names: one row each
+    (redbeat's), the first MAX_ENTRIES by name, and how many there were."""
     redbeat_names = {e.name for e in redbeat_list}
     merged = list(redbeat_list)
     for entry in app_list:
@@ -539,10 +540,13 @@ def _merge(app_list: list[Entry], redbeat_list: list[Entry]) -> list[Entry]:
     app_names = {e.name for e in app_list}
     for entry in redbeat_list:
         entry.in_app_schedule = entry.name in app_names
-    return sorted(merged[:MAX_ENTRIES], key=lambda e: (e.name, e.source))
+    return sorted(merged, key=lambda e: (e.name, e.source))[:MAX_ENTRIES], len(merged)
 
 
-def _row(entry: Entry, runs: _Runs, horizon: float | None, now: float, grace_setting: Any):
+def _row(
+    entry: Entry, runs: _Runs, horizon: float | None, now: float, grace_setting: float | None
+) -> dict[str, Any]:
+    """One entry as the API shows it: schedule, last run seen, next run, missed."""
     rb = entry.redbeat
     beat_last = rb.get("last_run_at")
     seen_last = runs.last["time"] if runs.last else None
@@ -615,7 +619,8 @@ def beat_status(store: Store, celery_app: Any, now: float | None = None) -> dict
     now = time.time() if now is None else now
     sources: dict[str, Any] = {"app": {"configured": celery_app is not None}}
     app_list = app_entries(celery_app)
-    sources["app"]["count"] = len(app_list)
+    config = celery_app.conf.get("beat_schedule") if celery_app is not None else None
+    sources["app"]["count"] = len(config) if isinstance(config, Mapping) else 0
     redbeat_list: list[Entry] = []
     if celery_app is not None:
         url, keys, _why = redbeat_config(celery_app)
@@ -640,7 +645,7 @@ def beat_status(store: Store, celery_app: Any, now: float | None = None) -> dict
                 "present": None,
                 "error": f"cannot read redbeat's keys: {error}",
             }
-    entries = _merge(app_list, redbeat_list)
+    entries, total = _merge(app_list, redbeat_list)
     runs, horizon = _attribute(store, entries)
     grace = store.settings.beat_grace
     rows = [_row(e, r, horizon, now, grace) for e, r in zip(entries, runs, strict=True)]
@@ -649,7 +654,8 @@ def beat_status(store: Store, celery_app: Any, now: float | None = None) -> dict
         "horizon": horizon,
         "grace": grace,
         "count": len(rows),
-        "truncated": len(app_list) + len(redbeat_list) > MAX_ENTRIES
+        "truncated": total > MAX_ENTRIES
+        or sources["app"]["count"] > len(app_list)
         or bool(sources.get("redbeat", {}).get("truncated")),
         "sources": sources,
         "entries": rows,

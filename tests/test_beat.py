@@ -631,3 +631,14 @@ def test_viewers_see_no_entry_arguments_when_hidden(settings, store):
     assert "<b>two</b>" not in json.dumps(seen)
     full = _by_name(get("olga").get_json()["entries"])
     assert full["tick-2"]["kwargs"] == "{'label': '<b>two</b>'}"
+
+
+def test_entries_are_capped(store):
+    app = Celery("many")
+    app.conf.beat_schedule = {
+        f"e{i:05d}": {"task": f"proj.t{i}", "schedule": 10.0} for i in range(beat.MAX_ENTRIES + 5)
+    }
+    status = beat.beat_status(store, app)
+    assert status["count"] == beat.MAX_ENTRIES and status["truncated"] is True
+    assert status["entries"][0]["name"] == "e00000"
+    app.close()
