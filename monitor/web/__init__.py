@@ -6,7 +6,8 @@ endpoint inside an existing Flask application. Per-app objects (Settings, Store,
 live Hub, worker inspector, the Socket.IO server) live in
 ``app.extensions["monitor"]``. Pass your Celery app as ``celery_app=`` so
 ``/api/workers?refresh=1`` inspects workers through your broker settings
-(otherwise MONITOR_BROKER_URL, else the store's Redis, as the receiver does).
+(otherwise MONITOR_BROKER_URL, else the store's Redis, as the receiver does)
+and ``/beat`` lists its ``beat_schedule`` and celery-redbeat entries.
 
 Socket.IO: every app gets a ``SocketIO`` of its own, served at
 ``<url_prefix>/socket.io``, and a host's ``app.extensions["socketio"]`` is left
