@@ -13,6 +13,7 @@ room               message
 ``tasks:<json>``   "tasks": {"rows": [...]} changed rows matching the filters
 ``task:<id>``      "task": {"task": detail}
 ``worker:<host>``  "worker": {"worker": ..., "rows": [...]}
+``beat``           "beat": the /api/v1/beat object (periodic tasks)
 =================  ===============================================================
 
 A room kind is one entry of :data:`ROOM_KINDS` (:class:`RoomKind`: how a
@@ -84,6 +85,8 @@ BACKLOG_MAX = 20_000
 XREAD_COUNT = 5000
 #: Seconds between two pushes to a summary room (overview, workers).
 SUMMARY_INTERVAL = 1.0
+#: The beat room re-reads every entry (up to 1,000: ~0.1 s): at most this often on changes.
+BEAT_THROTTLE = 2.0
 #: Longest task id, hostname or filter value in a room name (Celery's ids are 36).
 MAX_VALUE = 255
 #: States one task-list filter may name.
@@ -363,6 +366,18 @@ def _push_workers(push: Push, rooms: dict[str, str], _state: dict[str, Any]) -> 
     return emit
 
 
+def _beat(store: Store, _arg: str) -> tuple[str, Any]:
+    # Shared by every client: no entry arguments for anyone when they are hidden
+    # from viewers (an operator's page reads them from the API).
+    from .. import beat
+
+    body = beat.beat_status(store, beat.app_for(store))
+    if store.settings.hide_args_from_viewers:
+        for row in body["entries"]:
+            row["args"] = row["kwargs"] = None
+    return "beat", body
+
+
 _NO_ARG: Callable[[dict[str, Any]], str | None] = lambda _p: None  # noqa: E731
 _TASK, _WORKER = frozenset({"task"}), frozenset({"worker"})
 
@@ -382,6 +397,9 @@ ROOM_KINDS: dict[str, RoomKind] = {
     "task": RoomKind(
         lambda p: room_arg(p, "id", "task"), _task, _push_details, on=_TASK, drops="task"
     ),
+    # periodic tasks (monitor/beat.py): new runs arrive as task changes; due and
+    # missed follow the clock, hence the refresh
+    "beat": RoomKind(_NO_ARG, _beat, on=_TASK, throttle=BEAT_THROTTLE, every=REFRESH_EVERY),
     "worker": RoomKind(
         lambda p: room_arg(p, "hostname", "worker"),
         _worker,

@@ -97,3 +97,9 @@ def bulk() -> str:
 def audit() -> str:
     """The audit log, newest first (operators; open while no user exists)."""
     return _page("audit", "Audit log")
+
+
+@bp.get("/beat")
+def beat() -> str:
+    """Periodic tasks: beat_schedule and redbeat entries, last and next runs, missed ones."""
+    return _page("beat", "Periodic tasks", scripts=("pages/beat.js",))
