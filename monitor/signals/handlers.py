@@ -376,6 +376,9 @@ def before_task_publish(
         client=headers.get("origin"),
         time_limit=_limit(hard),
         soft_time_limit=_limit(soft),
+        # Celery beat marks what it sends (celery/beat.py Scheduler.apply_async):
+        # monitor/beat.py tells a scheduled run from a call of the same task.
+        beat="1" if headers.get("celery_beat_task") else None,
         **retry,
     )
 

@@ -312,6 +312,9 @@ def spec(prefix: str = "") -> dict[str, Any]:
     paths.update(action_paths())
     paths.update(flower_control_paths())
     paths.update(history_paths())
+    from .beat_api import beat_paths
+
+    paths.update(beat_paths())
     from .lost_api import lost_paths
 
     paths.update(lost_paths())

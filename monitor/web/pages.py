@@ -103,3 +103,9 @@ def audit() -> str:
 def lost_page() -> str:
     """Lost and stuck tasks, broker redeliveries, configuration risks (monitor.lost)."""
     return _page("lost", "Lost & risks", scripts=("pages/lost.js",))
+
+
+@bp.get("/beat")
+def beat() -> str:
+    """Periodic tasks: beat_schedule and redbeat entries, last and next runs, missed ones."""
+    return _page("beat", "Periodic tasks", scripts=("pages/beat.js",))
