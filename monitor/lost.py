@@ -581,14 +581,8 @@ def worker_confs(inspector: Any, refresh: bool = False, expected: int = 0) -> di
             inspector.refresh(expected=expected)
         except Exception as exc:  # noqa: BLE001 - InspectError: the broker is away
             logger.info("monitor: risks: inspect refresh failed: %s", exc)
-    confs = {}
-    with inspector._lock:  # the cache's own lock: a consistent copy
-        cache = {host: dict(info) for host, info in inspector._cache.items()}
-    for host, info in cache.items():
-        conf = info.get("conf")
-        if isinstance(conf, Mapping):
-            confs[host] = conf
-    return confs
+    replies = inspector.cached_replies("conf")
+    return {host: conf for host, conf in replies.items() if isinstance(conf, Mapping)}
 
 
 def broker_report(
