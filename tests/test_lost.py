@@ -404,3 +404,34 @@ def test_api_tasks_flag_filter_and_row_fields(store, client):
     assert "/api/v1/risks" in spec["paths"]
     params = {p["name"] for p in spec["paths"]["/api/v1/tasks"]["get"]["parameters"]}
     assert "flag" in params
+
+
+def test_live_task_list_pushes_carry_the_flags(settings, store, app):
+    """A row pushed to a task-list room says lost like the API's rows do."""
+    from .helpers import wait_for
+
+    now = time.time()
+    store.apply([beat("dead@live", now - 100), beat("alive@live", now)])
+    ext = app.extensions["monitor"]
+    client = ext.socketio.test_client(app)
+    try:
+        ack = client.emit("subscribe", {"room": "tasks", "filters": {}}, callback=True)
+        assert ack["ok"], ack
+        wait_for(lambda: ext.hub.redis_ok, 10, 0.05, "the tailer to be reading")
+        store.apply(
+            [started("pushed-dead", now, "dead@live"), started("pushed-ok", now, "alive@live")]
+        )
+        rows: dict[str, dict] = {}
+
+        def pushed():
+            for message in client.get_received():
+                if message["name"] == "tasks":
+                    rows.update({r["id"]: r for r in message["args"][0]["rows"]})
+            return {"pushed-dead", "pushed-ok"} <= rows.keys()
+
+        wait_for(pushed, 15, 0.1, "the rows pushed")
+        assert rows["pushed-dead"]["lost"] is True and rows["pushed-ok"]["lost"] is False
+        assert rows["pushed-ok"]["stuck"] is False
+    finally:
+        client.disconnect()
+        ext.hub.stop()
