@@ -435,3 +435,38 @@ def test_live_task_list_pushes_carry_the_flags(settings, store, app):
     finally:
         client.disconnect()
         ext.hub.stop()
+
+
+def test_hostile_unacked_entries_cost_nothing_but_their_own_row(redis_url):
+    """Whatever sits in the broker's unacked hash (not JSON, wrong shapes, huge or
+    non-text ids, a tag without a message): rows without ids, never an error."""
+    import redis as redis_lib
+
+    prefix = f"mth-{uuid.uuid4().hex[:8]}:"
+    r = redis_lib.Redis.from_url(redis_url)
+    now = time.time()
+    values = {
+        "garbage": b"\xff\xfe not json",
+        "list": "[1, 2, 3]",
+        "headers-list": '[{"headers": [1]}, "", "q"]',
+        "long-id": '[{"headers": {"id": "' + "x" * 5000 + '", "eta": 12}}, "", "q"]',
+        "deep": "[" * 10_000 + "]" * 10_000,
+        "eta-junk": '[{"headers": {"id": "ok", "eta": "not a time"}}, "", "q"]',
+    }
+    try:
+        for i, (tag, value) in enumerate([*values.items(), ("missing", None)]):
+            r.zadd(prefix + "unacked_index", {tag: now - 5000 + i})
+            if value is not None:
+                r.hset(prefix + "unacked", tag, value)
+        r.zadd(prefix + "unacked_index", {"nan-score": "-inf"})
+        app = Celery("h", broker=redis_url, set_as_current=False)
+        app.conf.broker_transport_options = {"visibility_timeout": 60, "global_keyprefix": prefix}
+        report = lost.broker_report(None, app, {}, now=now)
+        assert report["error"] is None
+        ids = [e["task_id"] for e in report["redelivery"]]
+        assert "ok" in ids and len(ids) == 7  # the -inf delivery time is no time: skipped
+        assert all(i is None or len(i) <= 512 for i in ids)
+        assert report["eta_beyond_visibility"] == []
+    finally:
+        r.delete(prefix + "unacked_index", prefix + "unacked")
+        r.close()
