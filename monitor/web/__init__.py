@@ -201,6 +201,7 @@ def init_app(
     from .live import Hub, register_handlers
     from .metrics import metrics_bp
     from .openapi import openapi_bp
+    from .task_names_api import task_names_api
 
     if settings is None:
         settings = Settings.from_env(**overrides)
@@ -218,6 +219,7 @@ def init_app(
         (bp, prefix or None),
         (api, prefix + "/api/v1"),
         (actions_api, prefix + "/api/v1"),
+        (task_names_api, prefix + "/api/v1"),
         (flower, prefix + "/api"),
         (flower_control, prefix + "/api"),
         (openapi_bp, prefix + "/api"),

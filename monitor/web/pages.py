@@ -92,3 +92,15 @@ def bulk() -> str:
 def audit() -> str:
     """The audit log, newest first (operators; open while no user exists)."""
     return _page("audit", "Audit log")
+
+
+#: The history charts' scripts: the vendored chart library, then the component.
+CHART_SCRIPTS = ("vendor/uPlot.iife.min.js", "charts.js")
+
+
+@bp.get("/task-name/<path:name>")
+def task_name(name: str) -> str:
+    """One task name: counters, failure rate, runtime distribution, failures by type."""
+    return _page(
+        "task_name", f"Task name {name}", scripts=(*CHART_SCRIPTS, "pages/task_name.js"), name=name
+    )

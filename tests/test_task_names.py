@@ -1,0 +1,135 @@
+"""The task-name page's reads (monitor.web.task_names) and GET /api/v1/task-names/<name>,
+on rows stored through the real store (real Redis, the write script)."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from monitor.web import task_names
+
+from .helpers import api_task as task
+
+NOW = time.time()
+HOSTILE = "<img src=x onerror=alert(1)>"
+
+
+def _failure(tid, t, name="proj.pay", exception="ValueError('bad card')", **extra):
+    return task(
+        tid,
+        "FAILURE",
+        t,
+        name,
+        extra.pop("worker", "celery@w1"),
+        exception=exception,
+        runtime=0.5,
+        **extra,
+    )
+
+
+@pytest.fixture
+def failures(store):
+    records = [
+        _failure("v1", NOW - 50, exception="ValueError('card 1')"),
+        _failure("v2", NOW - 40, exception="ValueError('card 2')"),
+        _failure("v3", NOW - 30, exception="ValueError('card 3')", worker="celery@w2"),
+        _failure("k1", NOW - 45, exception="KeyError('sku')"),
+        _failure("k2", NOW - 20, exception="mod.errors.KeyError: sku"),
+        _failure("n1", NOW - 10, exception="it broke"),
+        # Not counted: another name, a success, a failure before the window.
+        _failure("o1", NOW - 5, name="proj.other", exception="TypeError('x')"),
+        task("s1", "SUCCESS", NOW - 5, "proj.pay", "celery@w1", runtime=0.2),
+        _failure("old", NOW - 7200, exception="OSError('old')"),
+    ]
+    store.apply(records)
+    return store
+
+
+def test_failures_are_grouped_by_exception_type_newest_example_first(failures):
+    body = task_names.failure_groups(failures, "proj.pay", 3600, now=NOW)
+    groups = {g["exception"]: g for g in body["groups"]}
+    assert set(groups) == {"ValueError", "KeyError", "mod.errors.KeyError", ""}
+    assert [g["exception"] for g in body["groups"]][0] == "ValueError"  # most frequent first
+    assert groups["ValueError"]["count"] == 3
+    assert groups["ValueError"]["example"] == {
+        "id": "v3",
+        "message": "ValueError('card 3')",
+        "worker": "celery@w2",
+    }
+    assert groups["ValueError"]["last_seen"] == pytest.approx(NOW - 30, abs=0.01)
+    assert groups["KeyError"]["count"] == 1 and groups["mod.errors.KeyError"]["count"] == 1
+    assert groups[""]["example"]["message"] == "it broke"
+    assert body["failures"] == 6 and body["other"] == 0 and not body["partial"]
+    # The 24 h window reaches the old failure too.
+    wide = task_names.failure_groups(failures, "proj.pay", 86400, now=NOW)
+    assert {g["exception"] for g in wide["groups"]} >= {"OSError"}
+    assert wide["failures"] == 7
+
+
+def test_a_viewer_who_may_not_see_data_gets_the_type_only(failures):
+    body = task_names.failure_groups(failures, "proj.pay", 3600, can_see_args=False, now=NOW)
+    messages = {g["exception"]: g["example"]["message"] for g in body["groups"]}
+    assert messages["ValueError"] == "ValueError"
+    assert messages[""] == ""
+
+
+def test_failure_groups_stop_at_their_sample_and_budget(store, monkeypatch):
+    store.apply(
+        [_failure(f"f{i}", NOW - 100 + i * 0.1, exception=f"E{i % 7}('x')") for i in range(300)]
+    )
+    monkeypatch.setattr(task_names, "FAILURE_SAMPLE", 50)
+    body = task_names.failure_groups(store, "proj.pay", 3600, now=NOW)
+    assert body["failures"] == 50 and sum(g["count"] for g in body["groups"]) == 50
+    monkeypatch.setattr(task_names, "FAILURE_SAMPLE", 10_000)
+    monkeypatch.setattr(task_names, "SCAN_LIMIT", 100)
+    body = task_names.failure_groups(store, "proj.pay", 3600, now=NOW)
+    # The scan reads 100 ids a round trip and stops after the chunk that spent its budget.
+    assert body["partial"] and body["failures"] == 100
+    monkeypatch.setattr(task_names, "MAX_GROUPS", 3)
+    body = task_names.failure_groups(store, "proj.pay", 3600, now=NOW)
+    assert len(body["groups"]) == 3
+    assert sum(g["count"] for g in body["groups"]) + body["other"] == body["failures"]
+
+
+def test_runtime_distribution_counts_each_bucket(store):
+    runtimes = [0.005, 0.005, 0.03, 0.2, 0.2, 0.2, 1.5, 4.0, 400.0]
+    store.apply(
+        [
+            task(f"r{i}", "SUCCESS" if i % 2 else "FAILURE", NOW - 60 + i, "proj.sum", runtime=r)
+            for i, r in enumerate(runtimes)
+        ]
+    )
+    store.apply(
+        [
+            task("other", "SUCCESS", NOW - 5, "proj.else", runtime=0.005),
+            task("running", "STARTED", NOW - 5, "proj.sum"),
+        ]
+    )
+    body = task_names.runtime_distribution(store, "proj.sum", 3600, now=NOW)
+    counts = {b["le"]: b["count"] for b in body["buckets"]}
+    assert counts[0.01] == 2 and counts[0.05] == 1 and counts[0.25] == 3
+    assert counts[2.5] == 1 and counts[5.0] == 1 and counts[None] == 1
+    assert sum(counts.values()) == body["count"] == len(runtimes)
+    assert body["min"] == 0.005 and body["max"] == 400.0
+    assert body["p50"] == 0.2 and body["p99"] == 400.0
+    assert [b["le"] for b in body["buckets"]][-1] is None  # +Inf last
+
+
+def test_runtime_distribution_skips_what_is_not_a_runtime(store):
+    store.apply(
+        [
+            task(f"b{i}", "SUCCESS", NOW - 30 + i, "proj.bad", runtime=r)
+            for i, r in enumerate(["inf", "nan", "-1", "abc", "1e300", "0.5"])
+        ]
+    )
+    body = task_names.runtime_distribution(store, "proj.bad", 3600, now=NOW)
+    assert body["count"] == 1 and body["p50"] == 0.5
+
+
+def test_parse_window_refuses_anything_else():
+    assert task_names.parse_window(None) == "1h"
+    assert task_names.parse_window("7d") == "7d"
+    for bad in ("2h", "1H", " 1h", "0", "x" * 1000):
+        with pytest.raises(task_names.queries.QueryError, match="window"):
+            task_names.parse_window(bad)
