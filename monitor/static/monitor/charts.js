@@ -78,7 +78,8 @@
 
   // One chart: el (an empty element, the chart fills its width), data {t: [epoch s],
   // series: [{label, values, color (a palette key), bars}]}, opts {yLabel,
-  // format(value) -> text, time(t) -> text}. Returns {el, plot, update(data), destroy()}.
+  // format(value) -> legend text, axisFormat(value) -> tick text (default format),
+  // time(t) -> legend text of an x value, xValues (uPlot's axis values)}. Returns {el, plot, update(data), destroy()}.
   function timeseries(el, data, opts) {
     opts = opts || {};
     var format = opts.format || function (v) { return String(v); };
@@ -111,7 +112,7 @@
         scales: {x: {time: opts.timeAxis !== false}, y: {range: fromZero}},
         axes: [{stroke: colors.text, grid: {stroke: colors.line, width: 1},
                 ticks: {stroke: colors.line, width: 1}, values: opts.xValues},
-               yAxis(colors, opts.yLabel, format)],
+               yAxis(colors, opts.yLabel, opts.axisFormat || format)],
         series: series,
         legend: {show: true, live: true},
         cursor: {points: {size: 6}, drag: {x: false, y: false}}
@@ -124,7 +125,12 @@
     chart.resize = function () {
       if (chart.plot) chart.plot.setSize({width: widthOf(el), height: opts.height || HEIGHT});
     };
-    chart.update = function (next) { chart.data = next; build(); };
+    // New data (and optionally options: a new axis label when the step changes).
+    chart.update = function (next, more) {
+      chart.data = next;
+      Object.keys(more || {}).forEach(function (k) { opts[k] = more[k]; });
+      build();
+    };
     chart.destroy = function () {
       if (chart.plot) chart.plot.destroy();
       chart.plot = null;
@@ -142,7 +148,7 @@
   // over their labels ("≤ 10 ms" ... "> 5 min").
   function histogram(el, buckets, opts) {
     opts = opts || {};
-    var fmt = opts.duration || function (v) { return v + " s"; };
+    var fmt = opts.duration || shortDuration;
     var list = Array.isArray(buckets) ? buckets : [];
     var labels = list.map(function (b, i) {
       var le = finite(b && b.le);
@@ -161,6 +167,18 @@
           labels[i] : ""; });
       }
     });
+  }
+
+  // A bucket bound in few characters: 10 ms, 2.5 s, 5 min, 2 h.
+  function shortDuration(s) {
+    var n = finite(s);
+    if (n === null) return "—";
+    if (n === 0) return "0";
+    if (n < 0.001) return (Math.round(n * 1e6) / 1000) + " ms";
+    if (n < 1) return Math.round(n * 1000) + " ms";
+    if (n < 60) return (Math.round(n * 10) / 10) + " s";
+    if (n < 3600) return (Math.round(n / 6) / 10) + " min";
+    return (Math.round(n / 360) / 10) + " h";
   }
 
   function windowSelector(current, onChange) {
@@ -267,9 +285,10 @@
                   values: points.map(s.get)}; })};
         var format = def.count ? function (v) { return M.fmtNum(Math.round(v * 100) / 100); } :
           function (v) { return M.fmtDuration(v); };
-        if (state.charts[def.key]) state.charts[def.key].update(data);
-        else state.charts[def.key] = timeseries(def.holder, data,
-          {yLabel: def.count ? "tasks " + unit : def.y, format: format});
+        var chartOpts = {yLabel: def.count ? "tasks " + unit : def.y, format: format,
+                         axisFormat: def.count ? format : shortDuration};
+        if (state.charts[def.key]) state.charts[def.key].update(data, chartOpts);
+        else state.charts[def.key] = timeseries(def.holder, data, chartOpts);
       });
       var totals = body && body.totals || {};
       note.textContent = points.length ? M.fmtNum(points.length) + " points, " + unit +

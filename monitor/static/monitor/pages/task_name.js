@@ -45,7 +45,7 @@
     var rt = body.runtime || {};
     if (histogram) histogram.destroy();
     M.clear(runtimeHolder);
-    histogram = Charts.histogram(runtimeHolder, rt.buckets, {duration: M.fmtDuration});
+    histogram = Charts.histogram(runtimeHolder, rt.buckets);
     runtimeNote.textContent = M.num(rt.count) ? "The newest " + M.fmtNum(rt.count) +
       " finished tasks of the window: min " + M.fmtDuration(rt.min) + ", p50 " +
       M.fmtDuration(rt.p50) + ", p95 " + M.fmtDuration(rt.p95) + ", p99 " +
