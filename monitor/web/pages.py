@@ -19,6 +19,10 @@ from ..auth import Role
 from . import security
 from .blueprint import bp
 
+#: The history charts' scripts (pages that chart history): the vendored chart
+#: library, then the component (static/monitor/charts.js, window.MonitorCharts).
+CHART_SCRIPTS = ("vendor/uPlot.iife.min.js", "charts.js")
+
 
 def _page(page: str, title: str, scripts: tuple[str, ...] = (), **params: Any) -> str:
     """Render one page. ``scripts``: files under static/monitor/ (``pages/queues.js``)
@@ -57,7 +61,7 @@ def _page(page: str, title: str, scripts: tuple[str, ...] = (), **params: Any) -
 
 @bp.get("/")
 def overview() -> str:
-    return _page("overview", "Overview")
+    return _page("overview", "Overview", scripts=CHART_SCRIPTS)
 
 
 @bp.get("/tasks")
@@ -77,7 +81,7 @@ def workers() -> str:
 
 @bp.get("/worker/<path:hostname>")
 def worker(hostname: str) -> str:
-    return _page("worker", f"Worker {hostname}", hostname=hostname)
+    return _page("worker", f"Worker {hostname}", scripts=CHART_SCRIPTS, hostname=hostname)
 
 
 @bp.get("/bulk")
@@ -92,10 +96,6 @@ def bulk() -> str:
 def audit() -> str:
     """The audit log, newest first (operators; open while no user exists)."""
     return _page("audit", "Audit log")
-
-
-#: The history charts' scripts: the vendored chart library, then the component.
-CHART_SCRIPTS = ("vendor/uPlot.iife.min.js", "charts.js")
 
 
 @bp.get("/task-name/<path:name>")
