@@ -11,6 +11,7 @@
  *   MonitorCharts.histogram(el, buckets, opts) a bar chart of runtime buckets
  *   MonitorCharts.windowSelector(current, onChange)  the 15m/1h/24h/7d buttons
  *   MonitorCharts.historyPanel(M, el, opts)   the four history charts of a page
+ *   MonitorCharts.historySection(M, title, opts)  the same, as a block monitor.js re-appends
  *
  * Colours come from monitor.css's variables; when the system switches between
  * light and dark, every chart is drawn again in the new colours.
@@ -310,12 +311,50 @@
           el.setAttribute("data-loaded", "error");
         });
     }
+    // A live push: the window's latest points (and its totals). Points are keyed by
+    // their start: a known one is replaced, a new one appended, and the window's
+    // oldest fall off (those before the push's "from").
+    function merge(push) {
+      if (!push || push.window !== state.window || !state.body) return;
+      var from = finite(push.from);
+      var byT = {};
+      var points = (Array.isArray(state.body.points) ? state.body.points : []).slice();
+      points.forEach(function (p, i) { byT[pointValue(p, "t")] = i; });
+      (Array.isArray(push.points) ? push.points : []).forEach(function (p) {
+        var t = pointValue(p, "t");
+        if (t === null) return;
+        if (byT[t] !== undefined) points[byT[t]] = p;
+        else points.push(p);
+      });
+      points.sort(function (a, b) { return pointValue(a, "t") - pointValue(b, "t"); });
+      if (from !== null) points = points.filter(function (p) { return pointValue(p, "t") >= from; });
+      var body = {};
+      Object.keys(state.body).forEach(function (k) { body[k] = state.body[k]; });
+      body.points = points;
+      if (push.totals) body.totals = push.totals;
+      if (from !== null) body.from = from;
+      show(body);
+    }
     state.load = load;
     state.show = show;
+    state.merge = merge;
     return state;
   }
 
+  // The history of a page drawn by monitor.js (overview, worker): a block it
+  // creates once and puts back on every render (the same nodes, so the charts stay).
+  // opts as historyPanel's.
+  function historySection(M, title, opts) {
+    var el = M.h("div", {class: "history-section"}, M.h("h2", {class: "history-title",
+      text: title}));
+    var panel = historyPanel(M, el, opts);
+    panel.el = el;
+    panel.load();
+    return panel;
+  }
+
   window.MonitorCharts = {timeseries: timeseries, histogram: histogram,
-    windowSelector: windowSelector, historyPanel: historyPanel, windowFromUrl: windowFromUrl,
+    windowSelector: windowSelector, historyPanel: historyPanel, historySection: historySection,
+    windowFromUrl: windowFromUrl,
     WINDOWS: WINDOWS};
 })();
