@@ -39,9 +39,8 @@ BROKER = "redis://127.0.0.1:6379/9"
 T = "tests.workerapp."
 HOSTILE = "<img src=x onerror=window.__pwned=1>"
 CHARTS = ("throughput", "failures", "runtime", "queue_wait")
-#: Points a window holds by the history contract (its span over its step; one more
-#: when the window's edges fall inside the first and last step).
-POINTS = {"15m": (15, 16), "1h": (60, 61), "24h": (24, 25), "7d": (168, 169)}
+#: Points a window holds by the history contract (its span over its step).
+POINTS = {"15m": 15, "1h": 60, "24h": 24, "7d": 168}
 
 
 @pytest.fixture(scope="module")
@@ -133,20 +132,21 @@ def api_points(env, window, **params):
     return response.json()["points"]
 
 
-def charts_drawn(page, env, window, **params):
-    """Wait for the history panel of ``window``; check each chart holds the API's points."""
+def charts_drawn(page, env, window, charts=CHARTS, **params):
+    """Wait for the history panel of ``window``; check each chart holds the window's
+    points and the failures chart the API's failures. Returns the API's points."""
     page.wait_for_selector(f'[data-window="{window}"][data-loaded="true"]', timeout=20_000)
-    expected = len(api_points(env, window, **params))
-    low, high = POINTS[window]
-    assert low <= expected <= high, (window, expected)
-    for chart in CHARTS:
+    points = api_points(env, window, **params)
+    assert len(points) == POINTS[window], (window, len(points))
+    for chart in charts:
         box = page.locator(f'[data-chart="{chart}"] .chart-box')
         box.wait_for()
-        drawn = int(box.get_attribute("data-points"))
-        # A step may close between the API read above and the page's: one point apart.
-        assert abs(drawn - expected) <= 1, (chart, window, drawn, expected)
+        assert int(box.get_attribute("data-points")) == POINTS[window], (chart, window)
         assert page.locator(f'[data-chart="{chart}"] canvas').count() == 1
-    return expected
+    failed = page.locator('[data-chart="failures"] .chart-box').get_attribute("data-sums")
+    assert float(failed.split(",")[0]) == sum(p["failed"] for p in points), (window, failed)
+    assert page.locator('[data-chart="queue_wait"]').count() == ("queue_wait" in charts)
+    return points
 
 
 def hover_first_chart(page):
@@ -163,7 +163,9 @@ def test_task_name_page_counts_failures_and_switches_windows(env, page):
     page.goto(env["serve"].url + "/task-name/" + quote(name, safe=""))
     page.wait_for_selector('main[data-loaded="true"]', timeout=20_000)
     assert page.locator(".task-name-title").inner_text() == "Task " + name
-    charts_drawn(page, env, "1h", name=name)
+    points = charts_drawn(page, env, "1h", name=name)
+    assert sum(p["failed"] for p in points) == 3
+    assert sum(p["succeeded"] for p in points) == 0
     group = page.locator('tr[data-exception="ValueError"]')
     group.wait_for()
     assert group.locator("td").nth(1).inner_text() == "3"

@@ -133,3 +133,28 @@ def test_parse_window_refuses_anything_else():
     for bad in ("2h", "1H", " 1h", "0", "x" * 1000):
         with pytest.raises(task_names.queries.QueryError, match="window"):
             task_names.parse_window(bad)
+
+
+# -- the "history" live room (monitor.web.history_room) -----------------------------------
+
+
+def test_history_room_names_are_canonical_and_bounded():
+    from monitor.web import history_room as room
+
+    assert room.parse({"window": "1h"}) == '{"window":"1h"}'
+    assert room.parse({"window": "7d", "name": "a.b", "worker": ""}) == room.parse(
+        {"name": "a.b", "window": "7d"}
+    )
+    for bad in (
+        {},
+        {"window": "2h"},
+        {"window": ["1h"]},
+        {"window": "1h", "name": 5},
+        {"window": "1h", "name": {"$gt": ""}},
+        {"window": "1h", "worker": "w" * 256},
+        {"window": "1h", "name": "a", "worker": "b"},
+    ):
+        with pytest.raises(room.HistoryRoomError):
+            room.parse(bad)
+    assert room.snapshot(None, "not json") is None
+    assert room.snapshot(None, '{"window": "5y"}') is None

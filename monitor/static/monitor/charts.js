@@ -121,6 +121,9 @@
       // What the browser tests and the curious read: how many points this chart holds.
       el.setAttribute("data-points", String(rows[0].length));
       el.setAttribute("data-series", String(rows.length - 1));
+      el.setAttribute("data-sums", rows.slice(1).map(function (ys) {
+        return String(Math.round(ys.reduce(function (a, y) { return a + (y || 0); }, 0) * 1000) /
+          1000); }).join(","));
     }
     chart.redraw = build;
     chart.resize = function () {
@@ -255,6 +258,8 @@
           color: ["accent", "info", "bad"][i],
           get: function (p) { return quantile(p, "queue_wait", q); }}; })}
     ];
+    // A worker's counters carry no queue wait (only a name's and the whole's do).
+    if (opts.worker) defs = defs.filter(function (d) { return d.key !== "queue_wait"; });
     var titles = {};
     defs.forEach(function (def) {
       var holder = M.h("div", {class: "chart", "data-chart": def.key});
@@ -297,14 +302,35 @@
         M.fmtNum(totals.failed || 0) + " failed, " + M.fmtNum(totals.retried || 0) +
         " retried" : "No history for this window.";
     }
+    // Live: the page's room for this window (monitor.web.history_room), pushed every
+    // few seconds while subscribed; the previous window's room is left.
+    var room = null;
+    function follow() {
+      if (!M.subscribe || !M.on) return;
+      var next = {room: "history", window: state.window};
+      if (opts.name) next.name = opts.name;
+      if (opts.worker) next.worker = opts.worker;
+      if (room && JSON.stringify(room) === JSON.stringify(next)) return;
+      if (room && M.unsubscribe) M.unsubscribe(room);
+      room = next;
+      M.on("history", function (push) {
+        if (!push || (push.name || null) !== (opts.name || null) ||
+            (push.worker || null) !== (opts.worker || null)) return;
+        merge(push);
+      });
+      M.subscribe(room);
+    }
     function load(w) {
       state.window = w || state.window;
       el.setAttribute("data-window", state.window);
       el.setAttribute("data-loaded", "false");
-      return M.api("/history", {window: state.window, name: opts.name, worker: opts.worker})
+      var asked = state.window;
+      return M.api("/history", {window: asked, name: opts.name, worker: opts.worker})
         .then(function (body) {
+          if (asked !== state.window) return;  // another window was chosen meanwhile
           show(body);
           el.setAttribute("data-loaded", "true");
+          follow();
         }, function (e) {
           note.textContent = "";
           M.append(note, M.errorBox(e));
@@ -334,6 +360,8 @@
       if (push.totals) body.totals = push.totals;
       if (from !== null) body.from = from;
       show(body);
+      state.pushes = (state.pushes || 0) + 1;
+      el.setAttribute("data-pushes", String(state.pushes));
     }
     state.load = load;
     state.show = show;
