@@ -232,8 +232,8 @@
 
   // The history charts of one page: throughput, failures and retries, runtime and
   // queue wait percentiles, from GET /api/v1/history (name/worker narrow it).
-  // opts {name, worker, window, selector (default true), onWindow(w)}. Returns
-  // {load(window), show(body), window}.
+  // opts {name, worker, window, selector (default true), onWindow(w), onPush(push)}.
+  // Returns {load(window), show(body), merge(push), window}.
   function historyPanel(M, el, opts) {
     opts = opts || {};
     var state = {window: opts.window || windowFromUrl(), body: null, charts: {}};
@@ -362,6 +362,7 @@
       show(body);
       state.pushes = (state.pushes || 0) + 1;
       el.setAttribute("data-pushes", String(state.pushes));
+      if (opts.onPush) opts.onPush(push);
     }
     state.load = load;
     state.show = show;
