@@ -296,10 +296,12 @@ def spec(prefix: str = "") -> dict[str, Any]:
     # The action endpoints document themselves (monitor.web.actions_api, flower_control).
     from .actions_api import openapi_paths as action_paths
     from .flower_control import openapi_paths as flower_control_paths
+    from .history_api import history_paths
     from .task_names_api import openapi_paths as task_name_paths
 
     paths.update(action_paths())
     paths.update(flower_control_paths())
+    paths.update(history_paths())
     paths.update(task_name_paths())
     row_props = {name: {"type": "string"} for name in ("id", *LIST_FIELDS)}
     return {
