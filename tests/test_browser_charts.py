@@ -18,7 +18,7 @@ from celery import Celery
 
 import monitor.signals
 from monitor.config import Settings
-from monitor.store import Store, redis_client
+from monitor.store import RUNTIME_BUCKETS, Store, redis_client
 
 from .helpers import (
     CHROMIUM,
@@ -170,10 +170,9 @@ def test_task_name_page_counts_failures_and_switches_windows(env, page):
     group.wait_for()
     assert group.locator("td").nth(1).inner_text() == "3"
     assert "bad input" in group.locator("td.example").inner_text()
-    assert (
-        page.locator('[data-chart="runtime-distribution"] .chart-box').get_attribute("data-points")
-        == "13"
-    )  # the store's 12 runtime buckets and +Inf
+    bars = page.locator('[data-chart="runtime-distribution"] .chart-box')
+    assert bars.get_attribute("data-points") == str(len(RUNTIME_BUCKETS) + 1)  # and +Inf
+    assert float(bars.get_attribute("data-sums")) == 3  # the three failures' runtimes
     failed = page.locator('.stat:has(.label:text-is("Failed")) .value')
     assert failed.inner_text() == "3"
     hover_first_chart(page)

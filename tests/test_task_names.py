@@ -7,6 +7,7 @@ import time
 
 import pytest
 
+from monitor.store import RUNTIME_BUCKETS
 from monitor.web import task_names
 
 from .helpers import api_task as task
@@ -93,7 +94,7 @@ def test_failure_groups_stop_at_their_sample_and_budget(store, monkeypatch):
 
 
 def test_runtime_distribution_counts_each_bucket(store):
-    runtimes = [0.005, 0.005, 0.03, 0.2, 0.2, 0.2, 1.5, 4.0, 400.0]
+    runtimes = [0.005, 0.005, 0.03, 0.2, 0.2, 0.2, 1.5, 4.0, 400.0, 5000.0]
     store.apply(
         [
             task(f"r{i}", "SUCCESS" if i % 2 else "FAILURE", NOW - 60 + i, "proj.sum", runtime=r)
@@ -108,12 +109,13 @@ def test_runtime_distribution_counts_each_bucket(store):
     )
     body = task_names.runtime_distribution(store, "proj.sum", 3600, now=NOW)
     counts = {b["le"]: b["count"] for b in body["buckets"]}
-    assert counts[0.01] == 2 and counts[0.05] == 1 and counts[0.25] == 3
-    assert counts[2.5] == 1 and counts[5.0] == 1 and counts[None] == 1
+    # Each runtime in the first bucket whose upper bound holds it (bounds inclusive).
+    assert counts[0.005] == 2 and counts[0.05] == 1 and counts[0.25] == 3
+    assert counts[2.5] == 1 and counts[5.0] == 1 and counts[600.0] == 1 and counts[None] == 1
     assert sum(counts.values()) == body["count"] == len(runtimes)
-    assert body["min"] == 0.005 and body["max"] == 400.0
-    assert body["p50"] == 0.2 and body["p99"] == 400.0
-    assert [b["le"] for b in body["buckets"]][-1] is None  # +Inf last
+    assert [b["le"] for b in body["buckets"]] == [*RUNTIME_BUCKETS, None]  # +Inf last
+    assert body["min"] == 0.005 and body["max"] == 5000.0
+    assert body["p50"] == 0.2 and body["p99"] == 5000.0
 
 
 def test_runtime_distribution_skips_what_is_not_a_runtime(store):
@@ -158,3 +160,74 @@ def test_history_room_names_are_canonical_and_bounded():
             room.parse(bad)
     assert room.snapshot(None, "not json") is None
     assert room.snapshot(None, '{"window": "5y"}') is None
+
+
+# -- GET /api/v1/task-names/<name> -------------------------------------------------------
+
+
+@pytest.fixture
+def named(store):
+    name = "proj." + HOSTILE
+    records = [
+        task(f"ok{i}", "SUCCESS", NOW - 100 + i, name, runtime=0.02 * (i + 1)) for i in range(4)
+    ]
+    records += [
+        _failure(f"bad{i}", NOW - 50 + i, name=name, exception=f"ValueError('v{i}')")
+        for i in range(2)
+    ]
+    store.apply(records)
+    return name
+
+
+def test_task_name_endpoint_counts_rates_and_groups(client, named):
+    from urllib.parse import quote
+
+    response = client.get(f"/api/v1/task-names/{quote(named, safe='')}?window=1h")
+    assert response.status_code == 200, response.get_json()
+    body = response.get_json()
+    assert body["name"] == named and body["window"] == "1h" and body["stored"] == 6
+    assert body["totals"]["succeeded"] == 4 and body["totals"]["failed"] == 2
+    assert body["failure_rate"] == pytest.approx(2 / 6)
+    assert body["totals"]["runtime"]["count"] == 6
+    assert body["runtime"]["count"] == 6 and body["runtime"]["max"] == 0.5
+    [group] = body["failures"]["groups"]
+    assert group["exception"] == "ValueError" and group["count"] == 2
+    assert group["example"]["id"] == "bad1"
+    assert body["last_seen"] == pytest.approx(NOW - 49, abs=1)
+    # The same name through the page's other windows: the counters agree.
+    for window in ("15m", "24h", "7d"):
+        wide = client.get(f"/api/v1/task-names/{quote(named, safe='')}?window={window}")
+        assert wide.get_json()["totals"]["failed"] == 2, window
+
+
+def test_task_name_endpoint_refuses_bad_input(client, named):
+    from urllib.parse import quote
+
+    path = f"/api/v1/task-names/{quote(named, safe='')}"
+    assert client.get("/api/v1/task-names/never.seen").status_code == 404
+    assert "unknown task name" in client.get("/api/v1/task-names/never.seen").get_json()["error"]
+    for query in ("window=2h", "window=", "window=1h&window=7d", "window=" + "x" * 5000):
+        response = client.get(f"{path}?{query}")
+        if query == "window=":  # empty means the default, as the page's other parameters
+            assert response.status_code == 200
+            continue
+        assert response.status_code == 400, query
+        assert "window" in response.get_json()["error"], query
+    assert client.get("/api/v1/task-names/" + "n" * 600).status_code == 400
+
+
+def test_task_name_endpoint_is_in_the_openapi_document(client):
+    spec = client.get("/api/openapi.json").get_json()
+    entry = spec["paths"]["/api/v1/task-names/{name}"]["get"]
+    assert {p["name"] for p in entry["parameters"]} == {"name", "window"}
+    assert set(entry["responses"]) >= {"200", "400", "404"}
+
+
+def test_history_room_pushes_the_windows_newest_points(store, named):
+    from monitor.web import history_room as room
+
+    event, body = room.snapshot(store, room.parse({"window": "1h", "name": named}))
+    assert event == "history" and body["name"] == named and body["step"] == 60
+    assert len(body["points"]) == room.TAIL
+    assert body["points"][-1]["t"] <= NOW < body["to"]
+    assert body["totals"]["failed"] == 2 and body["totals"]["succeeded"] == 4

@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from .. import history
 from ..store import Store
 from .task_names import WINDOWS
 
@@ -57,8 +58,6 @@ def parse(payload: dict[str, Any]) -> str:
 
 def snapshot(store: Store, arg: str) -> tuple[str, Any] | None:
     """("history", the window's newest points and totals) for a room argument of :func:`parse`."""
-    from .. import history  # the metrics part's reads
-
     try:
         spec = json.loads(arg)
     except ValueError:

@@ -21,6 +21,7 @@ from typing import Any
 
 from flask import Blueprint, current_app, jsonify, request
 
+from .. import history
 from ..store import MAX_KEY_PART, Store
 from . import security, task_names
 from .api import error, register_converter, register_errors
@@ -50,8 +51,6 @@ def task_name(name: str) -> Any:
     if not stored and seen is None:
         return error(f"unknown task name {name!r}", 404)
     seconds = task_names.WINDOWS[window]
-    from .. import history  # the metrics part's module (imported late: it imports the store)
-
     totals = history.history(store, window, name=name).get("totals") or {}
     return jsonify(
         {
