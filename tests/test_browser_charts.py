@@ -139,11 +139,11 @@ def charts_drawn(page, env, window, charts=CHARTS, **params):
     points = api_points(env, window, **params)
     assert len(points) == POINTS[window], (window, len(points))
     for chart in charts:
-        box = page.locator(f'[data-chart="{chart}"] .chart-box')
+        box = page.locator(f'[data-chart="{chart}"].chart-box')
         box.wait_for()
         assert int(box.get_attribute("data-points")) == POINTS[window], (chart, window)
         assert page.locator(f'[data-chart="{chart}"] canvas').count() == 1
-    failed = page.locator('[data-chart="failures"] .chart-box').get_attribute("data-sums")
+    failed = page.locator('[data-chart="failures"].chart-box').get_attribute("data-sums")
     assert float(failed.split(",")[0]) == sum(p["failed"] for p in points), (window, failed)
     assert page.locator('[data-chart="queue_wait"]').count() == ("queue_wait" in charts)
     return points
@@ -170,7 +170,7 @@ def test_task_name_page_counts_failures_and_switches_windows(env, page):
     group.wait_for()
     assert group.locator("td").nth(1).inner_text() == "3"
     assert "bad input" in group.locator("td.example").inner_text()
-    bars = page.locator('[data-chart="runtime-distribution"] .chart-box')
+    bars = page.locator('[data-chart="runtime-distribution"].chart-box')
     assert bars.get_attribute("data-points") == str(len(RUNTIME_BUCKETS) + 1)  # and +Inf
     assert float(bars.get_attribute("data-sums")) == 3  # the three failures' runtimes
     failed = page.locator('.stat:has(.label:text-is("Failed")) .value')

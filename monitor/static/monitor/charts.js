@@ -67,10 +67,32 @@
 
   function widthOf(el) { return Math.max(200, Math.floor(el.clientWidth || 500)); }
 
-  function yAxis(colors, label, format) {
-    return {label: label || "", labelSize: 18, stroke: colors.text, size: 62,
+  // Tick steps of a count axis: whole numbers only (no "0.5 tasks").
+  var WHOLE = [1, 2, 5, 10, 20, 25, 50, 100, 200, 250, 500, 1e3, 2e3, 2.5e3, 5e3, 1e4, 2e4,
+               5e4, 1e5, 2e5, 5e5, 1e6, 2e6, 5e6, 1e7, 1e8, 1e9];
+  function yAxis(colors, label, format, whole) {
+    var axis = {label: label || "", labelSize: 18, stroke: colors.text, size: 62,
       grid: {stroke: colors.line, width: 1}, ticks: {stroke: colors.line, width: 1},
       values: function (u, splits) { return splits.map(function (v) { return format(v); }); }};
+    if (whole) axis.incrs = WHOLE;
+    return axis;
+  }
+  // Half a step of room on either side: the first and last bars (and the current
+  // step's point, at the right edge) are drawn whole.
+  function padded(u, min, max) {
+    var xs = u.data[0] || [];
+    var step = xs.length > 1 ? xs[1] - xs[0] : 1;
+    if (finite(min) === null || finite(max) === null) return [0, 1];
+    return [min - step / 2, max + step / 2];
+  }
+  function isolated(u, si) {
+    var ys = u.data[si] || [], idxs = [];
+    for (var i = 0; i < ys.length; i++) {
+      if (ys[i] !== null && ys[i] !== undefined &&
+          (i === 0 || ys[i - 1] === null || ys[i - 1] === undefined) &&
+          (i === ys.length - 1 || ys[i + 1] === null || ys[i + 1] === undefined)) idxs.push(i);
+    }
+    return idxs.length ? idxs : null;
   }
   function fromZero(u, min, max) {
     var top = finite(max);
@@ -80,6 +102,7 @@
   // One chart: el (an empty element, the chart fills its width), data {t: [epoch s],
   // series: [{label, values, color (a palette key), bars}]}, opts {yLabel,
   // format(value) -> legend text, axisFormat(value) -> tick text (default format),
+  // whole (a count: whole-number ticks),
   // time(t) -> legend text of an x value, xValues (uPlot's axis values)}. Returns {el, plot, update(data), destroy()}.
   function timeseries(el, data, opts) {
     opts = opts || {};
@@ -97,10 +120,12 @@
         var color = colors[s.color] || s.color || colors.accent;
         var entry = {label: s.label, stroke: color, width: s.bars ? 1 : 2,
           fill: s.bars ? alpha(color, 0.55) : alpha(color, 0.08), spanGaps: false,
-          points: {show: false},
+          // A value between two gaps (a lone minute with runs) is a dot, not nothing.
+          points: {show: false, size: 5, filter: isolated},
           value: function (u, v) { return v === null || v === undefined ? "—" : format(v); }};
         if (s.bars && window.uPlot.paths && window.uPlot.paths.bars) {
-          entry.paths = window.uPlot.paths.bars({size: [0.7, 40], align: 1});
+          entry.paths = window.uPlot.paths.bars({size: [0.7, 40], align: 0});
+          entry.points = {show: false};
         }
         series.push(entry);
       });
@@ -110,13 +135,13 @@
       while (el.firstChild) el.removeChild(el.firstChild);
       chart.plot = new window.uPlot({
         width: widthOf(el), height: opts.height || HEIGHT,
-        scales: {x: {time: opts.timeAxis !== false}, y: {range: fromZero}},
+        scales: {x: {time: opts.timeAxis !== false, range: padded}, y: {range: fromZero}},
         axes: [{stroke: colors.text, grid: {stroke: colors.line, width: 1},
                 ticks: {stroke: colors.line, width: 1}, values: opts.xValues},
-               yAxis(colors, opts.yLabel, opts.axisFormat || format)],
+               yAxis(colors, opts.yLabel, opts.axisFormat || format, opts.whole)],
         series: series,
         legend: {show: true, live: true},
-        cursor: {points: {size: 6}, drag: {x: false, y: false}}
+        cursor: {y: false, points: {size: 6}, drag: {x: false, y: false}}
       }, rows, el);
       // What the browser tests and the curious read: how many points this chart holds.
       el.setAttribute("data-points", String(rows[0].length));
@@ -163,7 +188,7 @@
     var xs = list.map(function (_, i) { return i; });
     return timeseries(el, {t: xs, series: [{label: opts.label || "tasks", color: "accent",
       bars: true, values: list.map(function (b) { return finite(b && b.count) || 0; })}]}, {
-      timeAxis: false, yLabel: opts.yLabel || "tasks", xLabel: "runtime",
+      timeAxis: false, yLabel: opts.yLabel || "tasks", xLabel: "runtime", whole: true,
       format: function (v) { return Math.round(v).toLocaleString(); },
       time: function (i) { return labels[i] === undefined ? "—" : labels[i]; },
       xValues: function (u, splits) {
@@ -292,6 +317,7 @@
         var format = def.count ? function (v) { return M.fmtNum(Math.round(v * 100) / 100); } :
           function (v) { return M.fmtDuration(v); };
         var chartOpts = {yLabel: def.count ? "tasks " + unit : def.y, format: format,
+                         whole: !!def.count,
                          axisFormat: def.count ? format : shortDuration};
         if (state.charts[def.key]) state.charts[def.key].update(data, chartOpts);
         else state.charts[def.key] = timeseries(def.holder, data, chartOpts);
