@@ -96,6 +96,7 @@ def env():
                     "browser": browser,
                     "host": host,
                     "prefix": prefix,
+                    "app": app,
                 }
             finally:
                 browser.close()
@@ -202,3 +203,56 @@ def test_unknown_task_name_says_so(env, page):
     page.wait_for_selector('main[data-loaded="error"]', timeout=20_000)
     assert "unknown task name" in page.locator("main .error").first.inner_text()
     page.errors.clear()  # the 404 the page reported is the point
+
+
+def test_overview_charts_switch_windows(env, page):
+    page.goto(env["serve"].url + "/")
+    page.wait_for_selector("#conn.conn-ok", timeout=20_000)
+    points = charts_drawn(page, env, "1h")
+    assert sum(p["failed"] for p in points) >= 3 + 2  # the worker's and the stored ones
+    # The overview's name tables link to the task-name pages.
+    link = page.locator(f'main a[href$="/task-name/{quote(T + "fail", safe="")}"]').first
+    link.wait_for()
+    hover_first_chart(page)
+    shot(page, "overview-charts", full_page=True)
+    page.click('button[data-window="24h"]')
+    charts_drawn(page, env, "24h")
+    page.click('button[data-window="15m"]')
+    charts_drawn(page, env, "15m")
+    page.emulate_media(color_scheme="dark")
+    page.click('button[data-window="1h"]')
+    charts_drawn(page, env, "1h")
+    shot(page, "overview-charts-dark")
+
+
+def test_worker_page_charts_its_own_history(env, page):
+    host = env["host"]
+    page.goto(env["serve"].url + "/worker/" + quote(host, safe=""))
+    page.wait_for_selector("#conn.conn-ok", timeout=20_000)
+    points = charts_drawn(page, env, "1h", charts=CHARTS[:3], worker=host)
+    assert sum(p["succeeded"] for p in points) >= 6
+    page.click('button[data-window="7d"]')
+    charts_drawn(page, env, "7d", charts=CHARTS[:3], worker=host)
+
+
+def test_charts_follow_new_tasks_live(env, page):
+    """A task run after the page loaded reaches the charts by a push, no reload."""
+    name = T + "add"
+    page.goto(env["serve"].url + "/task-name/" + quote(name, safe="") + "?window=15m")
+    page.wait_for_selector("#conn.conn-ok", timeout=20_000)
+    charts_drawn(page, env, "15m", name=name)
+    box = page.locator('[data-chart="throughput"].chart-box')
+
+    def succeeded() -> float:
+        return float(box.get_attribute("data-sums").split(",")[1])
+
+    before = succeeded()
+    env["app"].send_task(T + "add", (40, 2))
+    wait_for(lambda: succeeded() == before + 1, 30, what="the pushed success in the chart")
+    assert int(page.locator("[data-pushes]").get_attribute("data-pushes")) >= 1
+    assert int(box.get_attribute("data-points")) == POINTS["15m"]
+    # The counts follow too (read again with a push, at most every 10 s).
+    page.wait_for_selector(
+        f'.stat:has(.label:text-is("Succeeded")) .value:text-is("{int(before) + 1}")',
+        timeout=30_000,
+    )
