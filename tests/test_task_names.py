@@ -231,3 +231,15 @@ def test_history_room_pushes_the_windows_newest_points(store, named):
     assert len(body["points"]) == room.TAIL
     assert body["points"][-1]["t"] <= NOW < body["to"]
     assert body["totals"]["failed"] == 2 and body["totals"]["succeeded"] == 4
+
+
+def test_history_room_is_a_kind_of_the_live_table():
+    from monitor.web.live import ROOM_KINDS, RoomError, room_name
+
+    assert ROOM_KINDS["history"].every and not ROOM_KINDS["history"].on  # periodic
+    assert room_name({"room": "history", "window": "24h", "worker": "w@h"}) == (
+        'history:{"window":"24h","worker":"w@h"}'
+    )
+    for bad in ({"room": "history"}, {"room": "history", "window": "1h", "name": ["x"]}):
+        with pytest.raises(RoomError):
+            room_name(bad)

@@ -5,15 +5,16 @@ a lock). The task reads the change feed with ``XREAD BLOCK`` from ``$``,
 collects the ids of changed tasks and workers, and every
 ``Settings.push_interval`` emits at most one message per event name per room:
 
-=================  ===============================================================
-room               message
-=================  ===============================================================
-``overview``       "overview": the /api/v1/stats object
-``workers``        "workers": {"workers": [...]}
-``tasks:<json>``   "tasks": {"rows": [...]} changed rows matching the filters
-``task:<id>``      "task": {"task": detail}
-``worker:<host>``  "worker": {"worker": ..., "rows": [...]}
-=================  ===============================================================
+===================  ===============================================================
+room                 message
+===================  ===============================================================
+``overview``         "overview": the /api/v1/stats object
+``workers``          "workers": {"workers": [...]}
+``tasks:<json>``     "tasks": {"rows": [...]} changed rows matching the filters
+``task:<id>``        "task": {"task": detail}
+``worker:<host>``    "worker": {"worker": ..., "rows": [...]}
+``history:<json>``   "history": a chart window's newest points and totals (every 5 s)
+===================  ===============================================================
 
 A room kind is one entry of :data:`ROOM_KINDS` (:class:`RoomKind`: how a
 payload names it, what a new subscriber gets at once, what a push sends and
@@ -59,7 +60,7 @@ from socketio import PubSubManager
 from ..config import Settings
 from ..lease import Lease
 from ..store import Store, redis_client
-from . import queries
+from . import history_room, queries
 from .visibility import visible_row
 
 logger = logging.getLogger(__name__)
@@ -362,6 +363,13 @@ def _push_workers(push: Push, rooms: dict[str, str], _state: dict[str, Any]) -> 
     return emit
 
 
+def _parse_history(payload: dict[str, Any]) -> str:
+    try:
+        return history_room.parse(payload)
+    except history_room.HistoryRoomError as exc:
+        raise RoomError(str(exc)) from None
+
+
 _NO_ARG: Callable[[dict[str, Any]], str | None] = lambda _p: None  # noqa: E731
 _TASK, _WORKER = frozenset({"task"}), frozenset({"worker"})
 
@@ -388,6 +396,8 @@ ROOM_KINDS: dict[str, RoomKind] = {
         on=_TASK | _WORKER,
         drops="worker",
     ),
+    # periodic: the history counters are not in the change feed (monitor.web.history_room)
+    "history": RoomKind(_parse_history, history_room.snapshot, every=history_room.EVERY),
 }
 
 
