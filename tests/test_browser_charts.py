@@ -179,7 +179,7 @@ def test_task_name_page_counts_failures_and_switches_windows(env, page):
     hover_first_chart(page)
     shot(page, "task-name", full_page=True)
     for window in ("15m", "24h", "7d"):
-        page.click(f'button[data-window="{window}"]')
+        page.click(f'a[data-window="{window}"]')
         charts_drawn(page, env, window, name=name)
         assert f"window={window}" in page.url
     # The window is kept in the address: a reload draws the same one.
@@ -215,12 +215,12 @@ def test_overview_charts_switch_windows(env, page):
     link.wait_for()
     hover_first_chart(page)
     shot(page, "overview-charts", full_page=True)
-    page.click('button[data-window="24h"]')
+    page.click('a[data-window="24h"]')
     charts_drawn(page, env, "24h")
-    page.click('button[data-window="15m"]')
+    page.click('a[data-window="15m"]')
     charts_drawn(page, env, "15m")
     page.emulate_media(color_scheme="dark")
-    page.click('button[data-window="1h"]')
+    page.click('a[data-window="1h"]')
     charts_drawn(page, env, "1h")
     shot(page, "overview-charts-dark")
 
@@ -231,7 +231,7 @@ def test_worker_page_charts_its_own_history(env, page):
     page.wait_for_selector("#conn.conn-ok", timeout=20_000)
     points = charts_drawn(page, env, "1h", charts=CHARTS[:3], worker=host)
     assert sum(p["succeeded"] for p in points) >= 6
-    page.click('button[data-window="7d"]')
+    page.click('a[data-window="7d"]')
     charts_drawn(page, env, "7d", charts=CHARTS[:3], worker=host)
 
 

@@ -210,27 +210,34 @@
     return (Math.round(n / 360) / 10) + " h";
   }
 
+  // Links, not buttons: each is the page's address with that window (a reload or a
+  // new tab shows it), and a page's buttons are its actions.
   function windowSelector(current, onChange) {
     var box = document.createElement("div");
     box.className = "window-select";
     box.setAttribute("role", "group");
     box.setAttribute("aria-label", "time window");
     WINDOWS.forEach(function (w) {
-      var b = document.createElement("button");
-      b.type = "button";
-      b.className = "btn btn-small" + (w[0] === current ? " active" : "");
-      b.setAttribute("data-window", w[0]);
-      b.setAttribute("aria-pressed", w[0] === current ? "true" : "false");
-      b.textContent = w[1];
-      b.addEventListener("click", function () {
+      var a = document.createElement("a");
+      var params = new URLSearchParams(location.search);
+      params.set("window", w[0]);
+      a.href = location.pathname + "?" + params.toString();
+      a.className = "btn btn-small" + (w[0] === current ? " active" : "");
+      a.setAttribute("data-window", w[0]);
+      if (w[0] === current) a.setAttribute("aria-current", "true");
+      a.textContent = w[1];
+      a.addEventListener("click", function (ev) {
+        if (ev.ctrlKey || ev.metaKey || ev.shiftKey || ev.button !== 0) return;  // a new tab
+        ev.preventDefault();
         Array.prototype.forEach.call(box.children, function (x) {
-          var on = x === b;
+          var on = x === a;
           x.classList.toggle("active", on);
-          x.setAttribute("aria-pressed", on ? "true" : "false");
+          if (on) x.setAttribute("aria-current", "true");
+          else x.removeAttribute("aria-current");
         });
         onChange(w[0]);
       });
-      box.appendChild(b);
+      box.appendChild(a);
     });
     return box;
   }
