@@ -243,3 +243,15 @@ def test_history_room_is_a_kind_of_the_live_table():
     for bad in ({"room": "history"}, {"room": "history", "window": "1h", "name": ["x"]}):
         with pytest.raises(RoomError):
             room_name(bad)
+
+
+def test_a_task_name_with_slashes_and_newlines_reaches_its_page_and_api(client, store):
+    from urllib.parse import quote
+
+    name = "jobs/nightly\nreport"
+    store.apply([_failure("s1", NOW - 10, name=name, exception="OSError('disk')")])
+    body = client.get(f"/api/v1/task-names/{quote(name, safe='')}").get_json()
+    assert body["name"] == name and body["failures"]["groups"][0]["exception"] == "OSError"
+    page = client.get(f"/task-name/{quote(name, safe='')}")
+    assert page.status_code == 200
+    assert b'"page": "task_name"' in page.data and b"charts.js" in page.data

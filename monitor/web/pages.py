@@ -19,7 +19,11 @@ from flask import current_app, render_template, url_for
 from ..auth import Role
 from ..vocabulary import PAGE_STATES, RETRIABLE_STATES, UNFINISHED_STATES
 from . import security
+from .api import register_converter
 from .blueprint import bp
+
+# ``<anypath:...>``: a task name is any text, newlines included (see api.AnyPath).
+register_converter(bp)
 
 #: The history charts' scripts (pages that chart history): the vendored chart
 #: library, then the component (static/monitor/charts.js, window.MonitorCharts).
@@ -103,7 +107,7 @@ def audit() -> str:
     return _page("audit", "Audit log")
 
 
-@bp.get("/task-name/<path:name>")
+@bp.get("/task-name/<anypath:name>")
 def task_name(name: str) -> str:
     """One task name: counters, failure rate, runtime distribution, failures by type."""
     return _page(

@@ -579,7 +579,7 @@
         .catch(function (e) { clear(main); append(main, errorBox(e)); });
     }
     on("overview", function (d) { data = d; schedule(render); });
-    handlers.refresh = load;
+    handlers.refresh = function () { load(); charts.load(); };  // pushes were missed
     subscribe({room: "overview"});
     load();
   };
@@ -1261,7 +1261,7 @@
     clear(main);
     var charts = window.MonitorCharts.historySection(toolkit, "History", {worker: host});
     append(main, [head, refusalLine(), charts.el, queuesHolder, controls, tasksHolder]);
-    handlers.refresh = load;
+    handlers.refresh = function () { load(); charts.load(); };  // pushes were missed
     subscribe({room: "worker", hostname: host});
     load();
     if (CAN_ACT) {
