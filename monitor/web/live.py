@@ -13,6 +13,7 @@ room                 message
 ``tasks:<json>``     "tasks": {"rows": [...]} changed rows matching the filters
 ``task:<id>``        "task": {"task": detail}
 ``worker:<host>``    "worker": {"worker": ..., "rows": [...]}
+``beat``             "beat": the /api/v1/beat object (periodic tasks)
 ``history:<json>``   "history": a chart window's newest points and totals (every 5 s)
 ===================  ===============================================================
 
@@ -85,6 +86,8 @@ BACKLOG_MAX = 20_000
 XREAD_COUNT = 5000
 #: Seconds between two pushes to a summary room (overview, workers).
 SUMMARY_INTERVAL = 1.0
+#: The beat room re-reads every entry (up to 1,000: ~0.1 s): at most this often on changes.
+BEAT_THROTTLE = 2.0
 #: Longest task id, hostname or filter value in a room name (Celery's ids are 36).
 MAX_VALUE = 255
 #: States one task-list filter may name.
@@ -109,7 +112,8 @@ class RoomRefused(RoomError):
     """A valid room that a cap keeps this connection out of."""
 
 
-def _value(payload: dict[str, Any], key: str, what: str) -> str:
+def room_arg(payload: dict[str, Any], key: str, what: str) -> str:
+    """A kind's ``parse`` helper: ``payload[key]``, a non-empty string of at most MAX_VALUE."""
     value = payload.get(key)
     if not isinstance(value, str) or not value:
         raise RoomError(f"{what} room needs a {key}")
@@ -363,6 +367,18 @@ def _push_workers(push: Push, rooms: dict[str, str], _state: dict[str, Any]) -> 
     return emit
 
 
+def _beat(store: Store, _arg: str) -> tuple[str, Any]:
+    # Shared by every client: no entry arguments for anyone when they are hidden
+    # from viewers (an operator's page reads them from the API).
+    from .. import beat
+
+    body = beat.beat_status(store, beat.app_for(store))
+    if store.settings.hide_args_from_viewers:
+        for row in body["entries"]:
+            row["args"] = row["kwargs"] = None
+    return "beat", body
+
+
 def _parse_history(payload: dict[str, Any]) -> str:
     try:
         return history_room.parse(payload)
@@ -387,10 +403,13 @@ ROOM_KINDS: dict[str, RoomKind] = {
     # no snapshot: the page fetches the list
     "tasks": RoomKind(_parse_filters, push=_push_lists, index=TaskLists, on=_TASK),
     "task": RoomKind(
-        lambda p: _value(p, "id", "task"), _task, _push_details, on=_TASK, drops="task"
+        lambda p: room_arg(p, "id", "task"), _task, _push_details, on=_TASK, drops="task"
     ),
+    # periodic tasks (monitor/beat.py): new runs arrive as task changes; due and
+    # missed follow the clock, hence the refresh
+    "beat": RoomKind(_NO_ARG, _beat, on=_TASK, throttle=BEAT_THROTTLE, every=REFRESH_EVERY),
     "worker": RoomKind(
-        lambda p: _value(p, "hostname", "worker"),
+        lambda p: room_arg(p, "hostname", "worker"),
         _worker,
         _push_workers,
         on=_TASK | _WORKER,

@@ -303,6 +303,9 @@ def spec(prefix: str = "") -> dict[str, Any]:
     paths.update(flower_control_paths())
     paths.update(history_paths())
     paths.update(task_name_paths())
+    from .beat_api import beat_paths
+
+    paths.update(beat_paths())
     row_props = {name: {"type": "string"} for name in ("id", *LIST_FIELDS)}
     return {
         "openapi": "3.1.0",

@@ -107,6 +107,12 @@ def audit() -> str:
     return _page("audit", "Audit log")
 
 
+@bp.get("/beat")
+def beat() -> str:
+    """Periodic tasks: beat_schedule and redbeat entries, last and next runs, missed ones."""
+    return _page("beat", "Periodic tasks", scripts=("pages/beat.js",))
+
+
 @bp.get("/task-name/<anypath:name>")
 def task_name(name: str) -> str:
     """One task name: counters, failure rate, runtime distribution, failures by type."""
