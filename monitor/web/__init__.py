@@ -209,6 +209,7 @@ def init_app(
     from .lost_api import lost_api
     from .metrics import metrics_bp
     from .openapi import openapi_bp
+    from .task_names_api import task_names_api
 
     if settings is None:
         settings = Settings.from_env(**overrides)
@@ -226,8 +227,9 @@ def init_app(
         (bp, prefix or None),
         (api, prefix + "/api/v1"),
         (actions_api, prefix + "/api/v1"),
-        (history_api, prefix + "/api/v1"),
         (beat_api, prefix + "/api/v1"),
+        (history_api, prefix + "/api/v1"),
+        (task_names_api, prefix + "/api/v1"),
         (flower, prefix + "/api"),
         (flower_control, prefix + "/api"),
         (openapi_bp, prefix + "/api"),

@@ -5,16 +5,17 @@ a lock). The task reads the change feed with ``XREAD BLOCK`` from ``$``,
 collects the ids of changed tasks and workers, and every
 ``Settings.push_interval`` emits at most one message per event name per room:
 
-=================  ===============================================================
-room               message
-=================  ===============================================================
-``overview``       "overview": the /api/v1/stats object
-``workers``        "workers": {"workers": [...]}
-``tasks:<json>``   "tasks": {"rows": [...]} changed rows matching the filters
-``task:<id>``      "task": {"task": detail}
-``worker:<host>``  "worker": {"worker": ..., "rows": [...]}
-``beat``           "beat": the /api/v1/beat object (periodic tasks)
-=================  ===============================================================
+===================  ===============================================================
+room                 message
+===================  ===============================================================
+``overview``         "overview": the /api/v1/stats object
+``workers``          "workers": {"workers": [...]}
+``tasks:<json>``     "tasks": {"rows": [...]} changed rows matching the filters
+``task:<id>``        "task": {"task": detail}
+``worker:<host>``    "worker": {"worker": ..., "rows": [...]}
+``beat``             "beat": the /api/v1/beat object (periodic tasks)
+``history:<json>``   "history": a chart window's newest points and totals (every 5 s)
+===================  ===============================================================
 
 A room kind is one entry of :data:`ROOM_KINDS` (:class:`RoomKind`: how a
 payload names it, what a new subscriber gets at once, what a push sends and
@@ -61,7 +62,7 @@ from .. import lost
 from ..config import Settings
 from ..lease import Lease
 from ..store import Store, redis_client
-from . import queries
+from . import history_room, queries
 from .visibility import visible_row
 
 logger = logging.getLogger(__name__)
@@ -384,6 +385,13 @@ def _beat(store: Store, _arg: str) -> tuple[str, Any]:
     return "beat", body
 
 
+def _parse_history(payload: dict[str, Any]) -> str:
+    try:
+        return history_room.parse(payload)
+    except history_room.HistoryRoomError as exc:
+        raise RoomError(str(exc)) from None
+
+
 _NO_ARG: Callable[[dict[str, Any]], str | None] = lambda _p: None  # noqa: E731
 _TASK, _WORKER = frozenset({"task"}), frozenset({"worker"})
 
@@ -413,6 +421,8 @@ ROOM_KINDS: dict[str, RoomKind] = {
         on=_TASK | _WORKER,
         drops="worker",
     ),
+    # periodic: the history counters are not in the change feed (monitor.web.history_room)
+    "history": RoomKind(_parse_history, history_room.snapshot, every=history_room.EVERY),
 }
 
 

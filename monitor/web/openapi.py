@@ -308,10 +308,12 @@ def spec(prefix: str = "") -> dict[str, Any]:
     from .actions_api import openapi_paths as action_paths
     from .flower_control import openapi_paths as flower_control_paths
     from .history_api import history_paths
+    from .task_names_api import openapi_paths as task_name_paths
 
     paths.update(action_paths())
     paths.update(flower_control_paths())
     paths.update(history_paths())
+    paths.update(task_name_paths())
     from .beat_api import beat_paths
 
     paths.update(beat_paths())
