@@ -131,6 +131,22 @@ def online_hosts(store: Store, now: float | None = None) -> set[str]:
     return {w["hostname"] for w in store.workers(now) if w.get("online")}
 
 
+def online_among(store: Store, hosts: set[str], now: float | None = None) -> set[str]:
+    """Which of ``hosts`` are online (one pipeline: a page's few workers, not all)."""
+    now = time.time() if now is None else now
+    names = sorted(h for h in hosts if isinstance(h, str) and h)
+    if not names:
+        return set()
+    pipe = store.redis.pipeline(transaction=False)
+    for host in names:
+        pipe.hgetall(store.keys.worker(host))
+    return {
+        host
+        for host, fields in zip(names, pipe.execute(), strict=True)
+        if fields and store.worker_status(fields, now)["online"]
+    }
+
+
 def is_lost(state: Any, worker: Any, online: set[str]) -> bool:
     """On a worker (RECEIVED/STARTED) that is not online. A worker purged from the
     list (offline for longer than ``worker_purge_after``) is not online either."""
@@ -237,14 +253,15 @@ def annotate(
 ) -> list[dict[str, Any]]:
     """Add ``lost``, ``stuck`` and ``stuck_reason`` to task rows (in place).
 
-    Reads nothing when no row is RECEIVED/STARTED; else the worker set once and
-    the limits of the STARTED rows (one pipeline).
+    Reads nothing when no row is RECEIVED/STARTED; else the rows' workers (one
+    pipeline, unless ``online`` is given) and the limits of the STARTED rows (one
+    pipeline).
     """
     now = time.time() if now is None else now
     running = [row for row in rows if row.get("state") in RUNNING]
     started = [row for row in running if row.get("state") == "STARTED"]
     if running and online is None:
-        online = online_hosts(store, now)
+        online = online_among(store, {row.get("worker") for row in running}, now)
     limits: list[list[Any]] = []
     if started:
         pipe = store.redis.pipeline(transaction=False)

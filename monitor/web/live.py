@@ -313,14 +313,11 @@ def _push_lists(push: Push, lists: TaskLists, _state: dict[str, Any]) -> Emitter
         push.want(ids)
 
     def emit() -> None:
-        online = None  # the worker set, read once per push when a row is on a worker
         for room, ids in wanted.items():
             found = push.found(ids)
             if found:
-                if online is None and any(r.get("state") in lost.RUNNING for r in found):
-                    online = lost.online_hosts(push.store)
                 # rows may be shared between rooms: flag copies
-                found = lost.annotate(push.store, [dict(r) for r in found], online=online)
+                found = lost.annotate(push.store, [dict(r) for r in found])
                 push.emit("tasks", {"rows": found}, room)
 
     return emit if wanted else None
