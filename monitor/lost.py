@@ -41,6 +41,8 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 
 from .jobs import Job, JobContext
 from .keys import RedisBrokerKeys
@@ -452,7 +454,16 @@ class BrokerView:
             if found is None:
                 if len(self._clients) >= 8:  # a few brokers per process at most
                     self._clients.clear()
-                client = redis_client(url.split(";")[0], socket_timeout=2.0, decode_responses=True)
+                # Fail fast, no retries: a request (a task list, a task page)
+                # waits on this read; a broker away costs one short wait per
+                # BROKER_CACHE_SECONDS, then the cached error.
+                client = redis_client(
+                    url.split(";")[0],
+                    socket_timeout=1.0,
+                    socket_connect_timeout=0.5,
+                    retry=Retry(NoBackoff(), 0),
+                    decode_responses=True,
+                )
                 found = self._clients[url] = (client, client.register_script(_UNACKED_SCRIPT))
             return found
 
@@ -662,6 +673,19 @@ def task_broker_flags(report: Mapping[str, Any], task_id: str) -> dict[str, Any]
                 flags[section] = row
                 break
     return flags
+
+
+def mark_broker(rows: list[dict[str, Any]], report: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """Add ``redelivery: true`` / ``runs_twice: true`` to the rows the broker report
+    names (in place; other rows get neither field)."""
+    overdue = {r.get("task_id") for r in report.get("redelivery") or ()}
+    twice = {r.get("task_id") for r in report.get("eta_beyond_visibility") or ()}
+    for row in rows:
+        if row.get("id") in overdue:
+            row["redelivery"] = True
+        if row.get("id") in twice:
+            row["runs_twice"] = True
+    return rows
 
 
 # -- reconciliation with the result backend --------------------------------------------------

@@ -144,11 +144,20 @@ def test_lost_page_shows_lost_stuck_redelivery_and_risks(env, page):
 
 def test_task_list_flag_filter_and_badges(env, page):
     ids = seed(env)
+
+    def listed_as_redelivered():  # the serve process reuses its broker read for 5 s
+        response = env["serve"].get("/api/v1/tasks?flag=lost")
+        rows = response.json()["tasks"] if response is not None and response.ok else []
+        return any(r["id"] == ids["lost"] and r.get("redelivery") for r in rows)
+
+    wait_for(listed_as_redelivered, 15, 0.5, what="the broker read to include the new message")
     page.goto(env["serve"].url + "/tasks?flag=lost")
     page.wait_for_selector("#conn.conn-ok", timeout=20_000)
     row = page.locator(f'tr[data-id="{ids["lost"]}"]')
     row.wait_for(timeout=20_000)
     assert row.locator(".badge.state-lost").count() == 1
+    # its message sat in unacked past the visibility timeout
+    assert row.locator(".badge.flag-broker").inner_text() == "will be redelivered"
     assert page.locator(f'tr[data-id="{ids["stuck"]}"]').count() == 0
     assert page.locator('select[name="flag"]').input_value() == "lost"
     page.screenshot(path=str(SHOTS / "tasks-flag-lost.png"))

@@ -169,3 +169,7 @@ def test_a_sigkilled_worker_s_tasks_are_lost_and_its_unacked_message_will_be_red
     report = risks(client)
     assert report["unacked"]["count"] >= 1
     assert lost.task_broker_flags(report, running)["redelivery"]["task_id"] == running
+    # the task list says so too, through the API
+    rows = {r["id"]: r for r in client.get("/api/v1/tasks?flag=lost").get_json()["tasks"]}
+    assert rows[running]["lost"] is True and rows[running]["redelivery"] is True
+    assert client.get(f"/api/v1/tasks/{running}").get_json()["broker"]["redelivery"]

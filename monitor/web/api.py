@@ -119,6 +119,11 @@ def list_tasks() -> Any:
     else:
         page = queries.list_tasks(store, query)
         lost.annotate(store, page["tasks"])
+    if any(row.get("state") in lost.RECONCILE_STATES for row in page["tasks"]):
+        # on a Redis broker: which will be redelivered, or run twice (a read cached 5 s)
+        ext = current_app.extensions["monitor"]
+        report = lost.broker_report(store, ext.inspector.app, lost.worker_confs(ext.inspector))
+        lost.mark_broker(page["tasks"], report)
     if not security.can_see_args():
         page["tasks"] = [visible_row(row, False) for row in page["tasks"]]
     # orjson: a page of 1,000 rows encodes in a fraction of the stdlib's time,

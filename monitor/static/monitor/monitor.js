@@ -313,6 +313,11 @@
       title: "its worker is offline: this task may be lost"}));
     if (row.stuck === true) out.push(h("span", {class: "badge flag-stuck flag", text: "stuck",
       title: String(row.stuck_reason || "stuck")}));
+    if (row.redelivery === true) out.push(h("span", {class: "badge flag-broker flag",
+      text: "will be redelivered", title: "unacknowledged for longer than the broker's " +
+        "visibility timeout"}));
+    if (row.runs_twice === true) out.push(h("span", {class: "badge flag-broker flag",
+      text: "runs twice", title: "its ETA is further than the broker's visibility timeout"}));
     return out;
   }
   var taskRow = safeRow(drawTaskRow, TASK_COLUMNS.length);
@@ -673,6 +678,10 @@
         if (had && r.lost === undefined) {
           r = Object.assign({}, r, {lost: had.lost, stuck: had.stuck,
                                     stuck_reason: had.stuck_reason});
+        }
+        if (had && r.redelivery === undefined && r.runs_twice === undefined &&
+            NOT_RUNNING[r.state] !== 1) {
+          r = Object.assign({}, r, {redelivery: had.redelivery, runs_twice: had.runs_twice});
         }
         if (had) rows.set(r.id, r);
         else if (liveOn) fresh.set(r.id, r);
