@@ -122,7 +122,8 @@ def list_tasks() -> Any:
     if any(row.get("state") in lost.RECONCILE_STATES for row in page["tasks"]):
         # on a Redis broker: which will be redelivered, or run twice (a read cached 5 s)
         ext = current_app.extensions["monitor"]
-        report = lost.broker_report(store, ext.inspector.app, lost.worker_confs(ext.inspector))
+        confs = lost.worker_confs(ext.inspector)
+        report = lost.broker_report(store, ext.inspector.app, confs, with_risks=False)
         lost.mark_broker(page["tasks"], report)
     if not security.can_see_args():
         page["tasks"] = [visible_row(row, False) for row in page["tasks"]]
@@ -139,7 +140,8 @@ def get_task(task_id: str) -> Any:
         return error(f"unknown task {task_id!r}", 404)
     if task.get("state") in lost.RECONCILE_STATES:  # not final: may the broker repeat it?
         ext = current_app.extensions["monitor"]
-        report = lost.broker_report(ext.store, ext.inspector.app, lost.worker_confs(ext.inspector))
+        confs = lost.worker_confs(ext.inspector)
+        report = lost.broker_report(ext.store, ext.inspector.app, confs, with_risks=False)
         task["broker"] = lost.task_broker_flags(report, task_id)
     return jsonify(task)
 
