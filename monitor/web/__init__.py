@@ -68,6 +68,8 @@ class MonitorExtension:
     allowed_hosts: tuple[str, ...] = ()
     #: (monotonic time, answer) of the last "are users configured?" question.
     users_cache: Any = None
+    #: The elected background jobs' runner (monitor.jobs.JobRunner), when started.
+    jobs: Any = None
 
     @property
     def socketio_path(self) -> str:
@@ -195,6 +197,7 @@ def init_app(
     """
     from . import security
     from .actions_api import actions_api
+    from .alerts_api import alerts_api
     from .api import api
     from .flower_api import flower
     from .flower_control import flower_control
@@ -218,6 +221,7 @@ def init_app(
         (bp, prefix or None),
         (api, prefix + "/api/v1"),
         (actions_api, prefix + "/api/v1"),
+        (alerts_api, prefix + "/api/v1"),
         (flower, prefix + "/api"),
         (flower_control, prefix + "/api"),
         (openapi_bp, prefix + "/api"),

@@ -295,10 +295,12 @@ def spec(prefix: str = "") -> dict[str, Any]:
     }
     # The action endpoints document themselves (monitor.web.actions_api, flower_control).
     from .actions_api import openapi_paths as action_paths
+    from .alerts_api import alerts_paths
     from .flower_control import openapi_paths as flower_control_paths
 
     paths.update(action_paths())
     paths.update(flower_control_paths())
+    paths.update(alerts_paths())
     row_props = {name: {"type": "string"} for name in ("id", *LIST_FIELDS)}
     return {
         "openapi": "3.1.0",

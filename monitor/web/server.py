@@ -97,9 +97,15 @@ def build(settings: Any, events: bool = True, app: Any = None) -> tuple[Any, Any
         from ..events import Receiver
 
         receiver = Receiver(settings, app).start()
-    hub = flask_app.extensions["monitor"].hub
+    ext = flask_app.extensions["monitor"]
+    hub = ext.hub
     hub.events_status = lambda: _events_status(receiver)
     hub.ensure_started()
+    from .. import alerts
+    from ..jobs import JobRunner
+
+    ext.jobs = JobRunner(ext.store, ext.settings, alerts.jobs(ext.settings), celery_app=app)
+    ext.jobs.start()
     return flask_app, receiver
 
 
@@ -171,6 +177,8 @@ def run_server(settings: Any, events: bool = True, app: Any = None) -> None:
     finally:
         server.stop(timeout=2)
         hub.stop()
+        if ext.jobs is not None:
+            ext.jobs.stop()
         if receiver is not None:
             receiver.stop()
         logger.info("celery monitor stopped")
