@@ -107,7 +107,9 @@ class RuleError(ValueError):
         self.rule = rule
         self.field = field_name
         self.reason = message
-        where = f"rule {rule}" + (f": field {field_name!r}" if field_name else "")
+        where = (rule if rule.startswith("file ") else f"rule {rule}") + (
+            f": field {field_name!r}" if field_name else ""
+        )
         super().__init__(f"{where}: {message}")
 
 
@@ -118,11 +120,13 @@ def _brief(value: Any) -> str:
     return brief(value)
 
 
-def _text(limit: int, pattern: re.Pattern[str] | None = None) -> Callable[[Any], str]:
+def _text(
+    limit: int, pattern: re.Pattern[str] | None = None, empty: bool = False
+) -> Callable[[Any], str]:
     def check(value: Any) -> str:
         if type(value) is not str:
             raise ValueError(f"must be a string, got {type(value).__name__}")
-        if not value.strip():
+        if not empty and not value.strip():
             raise ValueError("must not be empty")
         if len(value) > limit:
             raise ValueError(f"must be at most {limit} characters, got {len(value)}")
@@ -202,7 +206,7 @@ _COMMON: dict[str, tuple[Callable[[Any], Any], Any]] = {
     "pattern": (_text(MAX_TEXT), "*"),
     "dedup_seconds": (_number(0, 30 * _DAY), None),  # None: MONITOR_ALERT_DEDUP
     "enabled": (_bool, True),
-    "description": (_text(MAX_DESCRIPTION), ""),
+    "description": (_text(MAX_DESCRIPTION, empty=True), ""),
 }
 _BY_KIND: dict[str, dict[str, tuple[Callable[[Any], Any], Any]]] = {
     "task_failed": {},
@@ -372,7 +376,7 @@ def parse_rules_document(document: Any, where: str) -> list[Rule]:
     for index, item in enumerate(document, 1):
         rule = parse_rule(item, "file", label=f"#{index}")
         if rule.name in seen:
-            raise RuleError(repr(rule.name), "name", f"is used by two rules of {where}")
+            raise RuleError(repr(rule.name), "name", "is used by two rules")
         seen.add(rule.name)
         rules.append(rule)
     return rules
@@ -395,7 +399,7 @@ def load_rules_file(path: str) -> list[Rule]:
         if path.endswith(".toml"):
             document = tomllib.loads(raw.decode("utf-8"))
         elif path.endswith(".json"):
-            document = json.loads(raw, parse_constant=_no_constant)
+            document = json.loads(raw)  # NaN, Infinity: refused by the field's check
         else:
             raise RuleError(f"file {path}", None, "must end in .toml or .json")
     except (UnicodeDecodeError, tomllib.TOMLDecodeError, ValueError, RecursionError) as exc:
@@ -408,10 +412,6 @@ def load_rules_file(path: str) -> list[Rule]:
         if exc.rule.startswith("file "):
             raise
         raise RuleError(f"{exc.rule} of {path}", exc.field, exc.reason) from None
-
-
-def _no_constant(name: str) -> Any:
-    raise ValueError(f"{name} is not a number a rule accepts")
 
 
 _file_cache: dict[str, tuple[tuple[int, int], list[Rule]]] = {}
