@@ -92,3 +92,10 @@ def bulk() -> str:
 def audit() -> str:
     """The audit log, newest first (operators; open while no user exists)."""
     return _page("audit", "Audit log")
+
+
+@bp.get("/alerts")
+def alerts() -> str:
+    """Alert rules, what fires now, pending deliveries and the sent log (viewers read,
+    operators edit the UI's rules)."""
+    return _page("alerts", "Alerts", scripts=("pages/alerts.js",))
