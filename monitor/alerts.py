@@ -59,6 +59,8 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import quote, urlsplit
 
+import redis
+
 from . import __version__
 from .jobs import Job, JobContext
 
@@ -149,7 +151,7 @@ def _number(low: float, high: float, integer: bool = False) -> Callable[[Any], f
         if isinstance(value, float) and not math.isfinite(value):
             raise ValueError(f"must be a finite number, got {value!r}")
         if not low <= value <= high:  # an int of 10**1000 compares fine
-            raise ValueError(f"must be from {low:g} to {high:g}, got {_brief(value)}")
+            raise ValueError(f"must be from {_plain(low)} to {_plain(high)}, got {_brief(value)}")
         if integer:
             if isinstance(value, float) and not value.is_integer():
                 raise ValueError(f"must be a whole number, got {value!r}")
@@ -157,6 +159,10 @@ def _number(low: float, high: float, integer: bool = False) -> Callable[[Any], f
         return float(value)
 
     return check
+
+
+def _plain(number: float) -> str:
+    return str(int(number)) if float(number).is_integer() else f"{number:g}"
 
 
 def _bool(value: Any) -> bool:
@@ -1261,7 +1267,10 @@ def jobs(settings: Any) -> list[Job]:
 def sent_log(store: Any, limit: int = 100, before: str | None = None) -> list[dict[str, Any]]:
     """Alerts whose delivery ended, newest first (``before``: a stream id to page from)."""
     high = f"({before}" if before else "+"
-    entries = store.redis.xrevrange(store.keys.alert_log, max=high, min="-", count=limit)
+    try:
+        entries = store.redis.xrevrange(store.keys.alert_log, max=high, min="-", count=limit)
+    except redis.ResponseError:  # "(0-0", an id beyond 64 bits: nothing is older
+        return []
     out = []
     for entry_id, values in entries:
         try:
