@@ -1331,6 +1331,18 @@ def active(store: Any, rules: Iterable[Rule], limit: int = MAX_SUBJECTS) -> list
     return out
 
 
+def live_snapshot(store: Any, limit: int = 50) -> dict[str, Any]:
+    """What the Alerts page's live room gets: the newest sent, pending, firing, status.
+    Shared by every viewer: webhooks are masked in all of it."""
+    rules, _problems = all_rules(store, store.settings)
+    return {
+        "sent": sent_log(store, limit),
+        "pending": pending(store, limit),
+        "active": active(store, rules),
+        "status": status(store),
+    }
+
+
 def status(store: Any) -> dict[str, Any]:
     raw = store.redis.hgetall(store.keys.alert_status)
     try:

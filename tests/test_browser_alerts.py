@@ -236,6 +236,14 @@ def test_a_viewer_sees_rules_masked_and_no_buttons(env):
         assert page.locator("[data-action]").count() == 0
         rules = page.locator("table.rules").inner_text()
         assert env.receiver.url not in rules and "http://127.0.0.1:" in rules
+        # live: a new alert appears without a reload (the alerts room)
+        page.wait_for_selector("#conn.conn-ok", timeout=20_000)
+        env.store.apply(
+            [WorkerEvent("gone@later", "heartbeat", time.time() - 60, "event", {"freq": 2.0})]
+        )
+        page.wait_for_selector("table.sent tr[data-alert] >> text=gone@later", timeout=20_000)
+        page.wait_for_selector("tr[data-active] >> text=gone@later")
+        assert page.evaluate("performance.getEntriesByType('navigation').length") == 1
         shot(page, "alerts-viewer", full_page=True, directory=REVIEW_SHOTS)
         assert page.evaluate("window.__csp || []") == []
         assert page.errors == [], page.errors

@@ -84,6 +84,8 @@ BACKLOG_MAX = 20_000
 XREAD_COUNT = 5000
 #: Seconds between two pushes to a summary room (overview, workers).
 SUMMARY_INTERVAL = 1.0
+#: Seconds between two pushes of the alerts room.
+ALERTS_EVERY = 2.0
 #: Longest task id, hostname or filter value in a room name (Celery's ids are 36).
 MAX_VALUE = 255
 #: States one task-list filter may name.
@@ -362,6 +364,12 @@ def _push_workers(push: Push, rooms: dict[str, str], _state: dict[str, Any]) -> 
     return emit
 
 
+def _alerts(store: Store, _arg: str) -> tuple[str, Any]:
+    from .. import alerts  # the alerts module owns its reads
+
+    return "alerts", alerts.live_snapshot(store)
+
+
 _NO_ARG: Callable[[dict[str, Any]], str | None] = lambda _p: None  # noqa: E731
 _TASK, _WORKER = frozenset({"task"}), frozenset({"worker"})
 
@@ -388,6 +396,9 @@ ROOM_KINDS: dict[str, RoomKind] = {
         on=_TASK | _WORKER,
         drops="worker",
     ),
+    # alerts are not in the change feed: the sent log, pending deliveries and
+    # firing subjects, every ALERTS_EVERY seconds (viewer-safe: webhooks masked)
+    "alerts": RoomKind(_NO_ARG, _alerts, every=ALERTS_EVERY),
 }
 
 

@@ -4,7 +4,8 @@
  * Data: GET /api/v1/alerts/rules and /api/v1/alerts. Operators create, edit, test
  * and delete the UI's rules through confirmation dialogs (POST/DELETE
  * /api/v1/alerts/rules...); the API validates every field and says which one is
- * wrong. Everything reaches the DOM through M.h (textContent), never as HTML.
+ * wrong. The "alerts" Socket.IO room keeps the sent log, the pending deliveries and
+ * what fires now live. Everything reaches the DOM through M.h (textContent).
  */
 (window.MonitorPages = window.MonitorPages || {}).alerts = function (M) {
   "use strict";
@@ -22,7 +23,9 @@
   var kinds = {};
   var canEdit = false;
   var older = null;
-  var moreButton = M.button("Older", function () { loadSent(older); }, "more", {hidden: "hidden"});
+  var pagedBack = false;  // the reader asked for older alerts: live pushes leave the log alone
+  var moreButton = M.button("Older", function () { pagedBack = true; loadSent(older); }, "more",
+                            {hidden: "hidden"});
 
   function text(v) { return v === null || v === undefined ? "" : String(v); }
   // Whole seconds, minutes or hours: a rule's durations are round numbers.
@@ -320,7 +323,8 @@
   clear(M.main);
   append(M.main, [
     h("div", {class: "title-row"}, h("h1", {text: "Alerts"}), status,
-      M.button("Refresh", function () { loadRules(); loadSent(null); }, "btn-small refresh")),
+      M.button("Refresh", function () { pagedBack = false; loadRules(); loadSent(null); },
+               "btn-small refresh")),
     M.refusalLine(),
     h("section", {class: "card flush alert-rules"},
       h("div", {class: "card-head"}, h("h2", {text: "Rules"}), newButton),
@@ -337,4 +341,32 @@
   M.handlers.refresh = function () { loadRules(); loadSent(null); };
   loadRules();
   loadSent(null);
+  // Live: the alerts room pushes the newest page every few seconds; redrawn only
+  // when it changed, and the sent log only while the reader is on its first page.
+  var lastPush = "";
+  M.subscribe({room: "alerts"});
+  M.on("alerts", function (b) {
+    var key;
+    try { key = JSON.stringify(b); } catch (e) { key = String(Math.random()); }
+    if (key === lastPush) return;
+    lastPush = key;
+    M.schedule(function () { drawLive(b); });
+  });
+  function drawLive(b) {
+    if (!isObj(b)) return;
+    drawActive(Array.isArray(b.active) ? b.active : []);
+    drawPending(Array.isArray(b.pending) ? b.pending : []);
+    var st = isObj(b.status) ? b.status : {};
+    if (st.last_run) { clear(status); append(status, ["rules evaluated ", M.agoEl(st.last_run)]); }
+    if (pagedBack) return;
+    clear(sentBody);
+    var sent = Array.isArray(b.sent) ? b.sent : [];
+    sent.forEach(function (a) { if (isObj(a)) sentBody.appendChild(M.safeRow(sentRow, 8)(a)); });
+    if (!sent.length) {
+      sentBody.appendChild(h("tr", null, h("td", {colspan: 8, class: "muted",
+        text: "No alert sent yet."})));
+    }
+    older = sent.length >= 50 && sent[sent.length - 1].log_id ? String(sent[sent.length - 1].log_id) : null;
+    moreButton.hidden = !older;
+  }
 };
