@@ -311,6 +311,27 @@ class Settings:
         "viewers see no args, kwargs, results, progress meta or traceback, "
         "and only the type of an exception",
     )
+    # -- queues (issue 10)
+    queues_interval: float = _setting(
+        10.0,
+        _finite_positive,
+        "seconds between two samples of every known queue's depth, consumers and oldest "
+        "message (one elected serve process samples)",
+    )
+    queues_max: int = _setting(
+        1000, _int_range(1, 100_000), "queues sampled at most (the app's and workers' first)"
+    )
+    queues_history_max: int = _setting(
+        200,
+        _int_range(0, 10_000),
+        "queues whose per-minute history (7 days) is kept: the deepest of each sample",
+    )
+    broker_api: str | None = _setting(
+        None,
+        _optional(_url(("http", "https"))),
+        "RabbitMQ management API URL, e.g. http://guest:guest@localhost:15672/api/ "
+        "(like Flower's --broker-api): adds messages ready/unacknowledged and rates per queue",
+    )
 
     def __repr__(self) -> str:
         # Settings reach logs and tracebacks: URL passwords masked (the
@@ -359,7 +380,7 @@ class Settings:
 
 _FIELDS = {spec.name: spec for spec in fields(Settings)}
 #: Settings holding a URL that may carry a password (Settings' repr masks it).
-_URL_SETTINGS = frozenset({"redis_url", "broker_url", "message_queue"})
+_URL_SETTINGS = frozenset({"redis_url", "broker_url", "message_queue", "broker_api"})
 
 
 def _parse(spec: dataclasses.Field[Any], text: str, name: str) -> Any:

@@ -124,6 +124,23 @@ class Keys:
         """stream: one entry per attempted operator action, refused ones included."""
         return f"{self.prefix}:audit"
 
+    # -- queues (monitor/queues.py, issue 10) ------------------------------------
+    @property
+    def queues(self) -> str:
+        """zset: queue name -> last time a task was published to it (the write
+        script keeps it, capped and trimmed by age)."""
+        return f"{self.prefix}:queues"
+
+    @property
+    def queues_latest(self) -> str:
+        """string: JSON of the sampler's last sample of every known queue."""
+        return f"{self.prefix}:queues:latest"
+
+    def queue_history(self, queue: str) -> str:
+        """zset: minute (epoch seconds // 60) -> "minute,depth,oldest_age,consumers"
+        for one queue (7 days, a capped number of queues)."""
+        return f"{self.prefix}:queue:{queue}:history"
+
     def pattern(self) -> str:
         """Glob matching every key of this prefix (tests, `monitor purge`)."""
         return f"{self.prefix}:*"
@@ -144,4 +161,5 @@ class Keys:
             self.task_names,  # 11
             self.timeline("\0").split("\0")[1],  # 12: timeline suffix
             self.children("\0").split("\0")[1],  # 13: children suffix
+            self.queues,  # 14: queues seen at publish (issue 10, queues)
         ]
