@@ -68,6 +68,8 @@ class MonitorExtension:
     allowed_hosts: tuple[str, ...] = ()
     #: (monotonic time, answer) of the last "are users configured?" question.
     users_cache: Any = None
+    #: The elected jobs' runner (monitor.jobs.JobRunner), when this process runs one.
+    jobs: Any = None
 
     @property
     def socketio_path(self) -> str:
@@ -201,6 +203,7 @@ def init_app(
     from .live import Hub, register_handlers
     from .metrics import metrics_bp
     from .openapi import openapi_bp
+    from .queues_api import flower_queues, queues_api
 
     if settings is None:
         settings = Settings.from_env(**overrides)
@@ -222,6 +225,8 @@ def init_app(
         (flower_control, prefix + "/api"),
         (openapi_bp, prefix + "/api"),
         (metrics_bp, prefix or None),
+        (queues_api, prefix + "/api/v1"),
+        (flower_queues, prefix + "/api"),
     ]
     for blueprint, at in blueprints:
         if not getattr(blueprint, "_monitor_protected", False):

@@ -299,6 +299,9 @@ def spec(prefix: str = "") -> dict[str, Any]:
 
     paths.update(action_paths())
     paths.update(flower_control_paths())
+    from .queues_api import queues_paths
+
+    paths.update(queues_paths())
     row_props = {name: {"type": "string"} for name in ("id", *LIST_FIELDS)}
     return {
         "openapi": "3.1.0",

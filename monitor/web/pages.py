@@ -92,3 +92,8 @@ def bulk() -> str:
 def audit() -> str:
     """The audit log, newest first (operators; open while no user exists)."""
     return _page("audit", "Audit log")
+
+
+@bp.get("/queues")
+def queues() -> str:
+    return _page("queues", "Queues", scripts=("pages/queues.js",))
