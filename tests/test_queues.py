@@ -70,7 +70,8 @@ def test_redis_depth_counts_priority_sub_queues_under_keyprefix(broker_redis, op
     keyprefix = options.get("global_keyprefix", "")
     sep = options.get("sep", "\x06\x16")
     # the messages really are spread over sub-queues (else this tests nothing)
-    lists = [k for k in client.scan_iter(match=keyprefix + queue + "*") if client.type(k) == b"list"]
+    keys = client.scan_iter(match=keyprefix + queue + "*")
+    lists = [k for k in keys if client.type(k) == b"list"]
     assert len(lists) > 1
     assert independent_depth(client, keyprefix, queue, sep) == len(priorities)
     assert queues.queue_depth(app, queue) == len(priorities)
@@ -133,8 +134,10 @@ def test_oldest_age_from_the_broker_and_queues_seen_at_publish(
     for _ in range(3):
         app.send_task(NOBODY, queue=queue)
     wait_for(
-        lambda: store.redis.zscore(store.keys.queues, queue) is not None
-        and store.redis.hget(store.keys.task(first.id), "sent") is not None,
+        lambda: (
+            store.redis.zscore(store.keys.queues, queue) is not None
+            and store.redis.hget(store.keys.task(first.id), "sent") is not None
+        ),
         10,
         what="the publish hook's records",
     )
