@@ -583,7 +583,9 @@ def history(store: Any, queue: str, window: str = "1h", now: float | None = None
     seconds, step = parse_window(window)
     now = time.time() if now is None else now
     end_minute = int(now // 60)
-    start_minute = end_minute - seconds // 60 + 1
+    # Whole steps, the current one last: 15, 60, 24 or 168 points at most.
+    first = (end_minute * 60) // step * step - (seconds - step)
+    start_minute = first // 60
     raw = store.redis.zrangebyscore(store.keys.queue_history(queue), start_minute, end_minute)
     buckets: dict[int, dict[str, Any]] = {}
     for member in raw:
@@ -609,13 +611,12 @@ def history(store: Any, queue: str, window: str = "1h", now: float | None = None
             if point[f] is not None:
                 point[f] = int(point[f])
         points.append(point)
-    first = start_minute * 60 // step * step
     return {
         "queue": queue,
         "window": window,
         "step": step,
         "from": first,
-        "to": end_minute * 60 + 60,
+        "to": (end_minute * 60) // step * step + step,
         "points": points,
     }
 

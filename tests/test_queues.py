@@ -251,8 +251,10 @@ def test_history_buckets_and_windows(store):
         ((minute - 1) * 60, 9),
         (minute * 60, 3),
     ]
+    assert (one["to"] - one["from"]) // 60 == 60
     day = queues.history(store, queue, "24h", now=now)
     assert day["step"] == 3600
+    assert (day["to"] - day["from"]) // 3600 == 24
     assert sum(1 for _ in day["points"]) <= 2
     assert max(p["depth"] for p in day["points"]) == 9
     assert max(p["oldest_age"] for p in day["points"]) == 4.0

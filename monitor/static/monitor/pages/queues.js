@@ -13,6 +13,24 @@
     var s = M.num(seconds);
     return s === null ? "—" : M.fmtDuration(s);
   }
+  // Ticks fit the chart's narrow margin: "45s", "12m", "3.5h".
+  function shortAge(v) {
+    var s = M.num(v) || 0;
+    if (s < 60) return (s < 10 ? s.toFixed(1) : Math.round(s)) + "s";
+    if (s < 3600) return Math.round(s / 60) + "m";
+    return (s < 36000 ? (s / 3600).toFixed(1) : Math.round(s / 3600)) + "h";
+  }
+  // One bar per step of the window (a step without a sample is an empty one), so the
+  // time axis is the window's, however few samples there are yet.
+  function windowSlots(hist, pts) {
+    var step = M.num(hist.step), from = M.num(hist.from), to = M.num(hist.to);
+    if (!step || from === null || to === null || (to - from) / step > 10000) return pts;
+    var byT = {};
+    pts.forEach(function (p) { byT[p.t] = p; });
+    var out = [];
+    for (var t = from; t < to; t += step) out.push(byT[t] || {t: t, depth: 0, oldest_age: 0});
+    return out;
+  }
   function sourceText(row) {
     var src = (row && row.sources) || {};
     return ["depth", "consumers", "oldest_age"].map(function (k) {
@@ -77,14 +95,15 @@
     else if (!state.history) body = h("p", {class: "muted", text: "Loading…"});
     else {
       var pts = state.history.points || [];
-      var depth = pts.map(function (p) { return {minute: p.t, value: p.depth}; });
-      var age = pts.map(function (p) { return {minute: p.t, value: p.oldest_age}; });
+      var slots = windowSlots(state.history, pts);
+      var depth = slots.map(function (p) { return {minute: p.t, value: p.depth}; });
+      var age = slots.map(function (p) { return {minute: p.t, value: p.oldest_age}; });
       body = pts.length ? h("div", {class: "two"},
         h("div", null, h("h3", {text: "Depth"}),
           M.barChart(depth, {cls: "bar-ok", label: "depth of " + state.selected})),
         h("div", null, h("h3", {text: "Oldest message's age"}),
           M.barChart(age, {cls: "bar-warn", label: "oldest age of " + state.selected,
-            format: function (v) { return M.fmtDuration(v); }}))) :
+            format: shortAge}))) :
         h("p", {class: "muted", text: "No sample of this queue in this window yet."});
     }
     return M.section("History of " + state.selected, buttons, body);
