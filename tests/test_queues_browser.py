@@ -28,7 +28,10 @@ from .test_browser import CSP_PROBE
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 #: Some bar of the charts has a height (a sample is drawn).
-BARS = "() => [...document.querySelectorAll('svg.chart rect')].some(r => +r.getAttribute('height') > 0)"
+BARS = (
+    "() => [...document.querySelectorAll('svg.chart rect')]"
+    ".some(r => +r.getAttribute('height') > 0)"
+)
 SHOT = ROOT / "docs" / "screenshots" / "queues.png"
 
 
