@@ -18,7 +18,7 @@ from monitor import queues
 from monitor.jobs import JobRunner
 from monitor.model import TaskEvent
 
-from .helpers import REDIS_URL, RedisServer, wait_for
+from .helpers import REDIS_URL, RabbitMQNode, RedisServer, free_port, port_open, wait_for
 
 NOBODY = "tests.nobody_consumes_this"
 
@@ -298,3 +298,59 @@ def test_queue_api(client, store, settings):
         assert "window" in answer.get_json()["error"]
     spec = client.get("/api/openapi.json").get_json()["paths"]
     assert {"/api/v1/queues", "/api/v1/queues/{queue}/history", "/api/queues/length"} <= set(spec)
+
+
+class ManagedRabbitMQ(RabbitMQNode):
+    """A private node with the management plugin on a free loopback port."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.api_port = free_port()
+        (self.dir / "enabled_plugins").write_text("[rabbitmq_management].\n")
+        with open(self.dir / "rabbitmq.conf", "a") as config:
+            config.write(f"management.tcp.port = {self.api_port}\n")
+            config.write("management.tcp.ip = 127.0.0.1\n")
+            config.write("collect_statistics_interval = 500\n")
+
+    @property
+    def api(self) -> str:
+        return f"http://guest:guest@127.0.0.1:{self.api_port}/api/"
+
+
+@pytest.mark.slow
+def test_rabbitmq_management_api_adds_ready_and_unacked(store, settings):
+    if not RabbitMQNode.available():
+        pytest.fail("rabbitmq-server is required")
+    node = ManagedRabbitMQ().start()
+    try:
+        wait_for(lambda: port_open("127.0.0.1", node.api_port), 60, 0.2, what="management API")
+        app = Celery("qt-mgmt", broker=node.url)
+        app.conf.broker_connection_retry_on_startup = True
+        queue = f"mgmt-{uuid.uuid4().hex[:8]}"
+        for _ in range(5):
+            app.send_task(NOBODY, queue=queue)
+        # one message taken and held unacknowledged by a consumer of our own
+        conn = amqp.Connection(f"127.0.0.1:{node.port}", userid="guest", password="guest")
+        conn.connect()
+        channel = conn.channel()
+        channel.basic_qos(0, 1, False)
+        channel.basic_consume(queue, callback=lambda message: None)
+        conn.drain_events(timeout=5)
+        store.redis.zadd(store.keys.queues, {queue: time.time()})
+        settings = settings.replace(broker_api=node.api)
+
+        def managed():
+            row = queues.broker_sample(store, app, settings)["queues"][queue]
+            return row if (row.get("ready"), row.get("unacked")) == (4, 1) else None
+
+        row = wait_for(managed, 30, 0.5, what="the management API's counts")
+        assert (row["depth"], row["consumers"]) == (4, 1)  # passive declare: ready, consumers
+        assert row["sources"]["ready"] == "management"
+        conn.close()
+        # an unreachable management API costs an error line, not the sample
+        broken = settings.replace(broker_api=f"http://127.0.0.1:{free_port()}/api/")
+        sample = queues.broker_sample(store, app, broken)
+        assert sample["queues"][queue]["depth"] is not None
+        assert sample["error"].startswith("management API")
+    finally:
+        node.stop()
