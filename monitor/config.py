@@ -207,7 +207,10 @@ class Settings:
         10_000, _positive(int), "approximate length of the change feed for the web tier"
     )
     stats_ttl: float = _setting(
-        26 * 3600.0, _positive(float), "seconds per-minute counters are kept"
+        2 * 3600.0,
+        _positive(float),
+        "seconds per-name and per-worker per-minute counters are kept (the history's 15 min "
+        "and 1 h windows of one task name or worker; the overview's slowest and failing)",
     )
     redact: tuple[str, ...] = _setting(
         ("password", "passwd", "secret", "token", "api_key", "apikey", "authorization"),
@@ -310,6 +313,21 @@ class Settings:
         _parse_bool,
         "viewers see no args, kwargs, results, progress meta or traceback, "
         "and only the type of an exception",
+    )
+    # -- metrics and history (issue 10)
+    stats_minutes_ttl: float = _setting(
+        7 * 24 * 3600.0,
+        _finite_positive,
+        "seconds the global per-minute counters and histograms are kept",
+    )
+    stats_hours_ttl: float = _setting(
+        90 * 24 * 3600.0, _finite_positive, "seconds the global hourly counters are kept"
+    )
+    stats_scoped_hours_ttl: float = _setting(
+        8 * 24 * 3600.0,
+        _finite_positive,
+        "seconds per-name and per-worker hourly counters are kept (the history's 24 h and "
+        "7 d windows of one task name or worker)",
     )
     # -- queues (issue 10)
     queues_interval: float = _setting(

@@ -200,6 +200,7 @@ def init_app(
     from .api import api
     from .flower_api import flower
     from .flower_control import flower_control
+    from .history_api import history_api
     from .live import Hub, register_handlers
     from .metrics import metrics_bp
     from .openapi import openapi_bp
@@ -221,6 +222,7 @@ def init_app(
         (bp, prefix or None),
         (api, prefix + "/api/v1"),
         (actions_api, prefix + "/api/v1"),
+        (history_api, prefix + "/api/v1"),
         (flower, prefix + "/api"),
         (flower_control, prefix + "/api"),
         (openapi_bp, prefix + "/api"),

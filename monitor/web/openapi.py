@@ -296,9 +296,11 @@ def spec(prefix: str = "") -> dict[str, Any]:
     # The action endpoints document themselves (monitor.web.actions_api, flower_control).
     from .actions_api import openapi_paths as action_paths
     from .flower_control import openapi_paths as flower_control_paths
+    from .history_api import history_paths
 
     paths.update(action_paths())
     paths.update(flower_control_paths())
+    paths.update(history_paths())
     from .queues_api import queues_paths
 
     paths.update(queues_paths())
