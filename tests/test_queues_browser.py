@@ -98,6 +98,13 @@ def test_sampler_in_serve_sees_backlog_consumers_and_age(cluster):
     history = serve.get(f"/api/v1/queues/{idle}/history?window=15m").json()
     assert history["points"] and history["points"][-1]["depth"] == expected
 
+    def waited():  # the one task the worker ran (received - sent)
+        body = serve.get("/api/v1/queues?window=15m").json()
+        return [r for r in body["queue_wait"] or () if r["name"] == "tests.workerapp.add"]
+
+    (wait,) = wait_for(waited, 20, 0.2, what="queue wait of tests.workerapp.add")
+    assert wait["count"] == 1 and wait["p50"] is not None and wait["p50"] >= 0
+
 
 def test_queues_page_in_chromium(cluster):
     require_chromium()
@@ -128,6 +135,7 @@ def test_queues_page_in_chromium(cluster):
                 timeout=10_000,
             )
             page.wait_for_function(BARS, timeout=10_000)
+            page.locator("text=tests.workerapp.add").first.wait_for(timeout=10_000)
             SHOT.parent.mkdir(parents=True, exist_ok=True)
             page.screenshot(path=str(SHOT), full_page=True)
             assert page.evaluate("window.__csp") == []

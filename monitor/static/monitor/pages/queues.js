@@ -87,6 +87,7 @@
       return M.button(w, function () {
         state.window = w; params.set("window", w);
         history.replaceState(null, "", location.pathname + "?" + params.toString());
+        load();  // the queue wait table covers the window too
         loadHistory();
       }, w === state.window ? "btn-primary" : null, {"data-window": w});
     }));
