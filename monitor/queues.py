@@ -478,7 +478,6 @@ def broker_sample(
                     error = f"management API: {type(exc).__name__}: {exc}"
         except Exception as exc:  # noqa: BLE001 - transport-specific errors
             error = f"broker: {type(exc).__name__}: {exc}"
-            logger.warning("monitor: queue sample failed: %s", error)
     sent = _sent_times(store, (t for rows in tails.values() for t, _eta in rows))
     pending = oldest_pending(store)
     rows: dict[str, Any] = {}
@@ -655,6 +654,12 @@ def sample_once(ctx: JobContext) -> dict[str, Any]:
                 logger.debug("monitor: queues: inspect failed: %s", exc)
         inspected = {host: inspector.cached(host) for host in online}
     sample = broker_sample(ctx.store, ctx.celery_app, ctx.settings, inspected)
+    # One line when the broker goes away and one when it is back, not one a sample.
+    if sample["error"] and not ctx.state.get("error"):
+        logger.warning("monitor: queue sample incomplete: %s", sample["error"])
+    elif ctx.state.get("error") and not sample["error"]:
+        logger.warning("monitor: queue samples complete again")
+    ctx.state["error"] = sample["error"]
     store_sample(ctx.store, sample, ctx.settings)
     ctx.state["last"] = sample
     for hook in list(ctx.state.get("on_sample", ())):

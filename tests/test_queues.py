@@ -354,3 +354,75 @@ def test_rabbitmq_management_api_adds_ready_and_unacked(store, settings):
         assert sample["error"].startswith("management API")
     finally:
         node.stop()
+
+
+def test_unreachable_broker_is_an_error_line_not_a_crash(store, settings):
+    store.redis.zadd(store.keys.queues, {"somewhere": time.time()})
+    for url in (
+        f"redis://127.0.0.1:{free_port()}/0",
+        f"amqp://guest:guest@127.0.0.1:{free_port()}//",
+    ):
+        app = Celery("qt-down", broker=url)
+        sample = queues.broker_sample(store, app, settings)
+        assert sample["error"].startswith("broker: ")
+        row = sample["queues"]["somewhere"]
+        assert row["depth"] is None and row["sources"]["depth"] is None
+
+
+def test_management_answers_are_checked(monkeypatch):
+    import http.server
+    import json
+    import threading
+
+    answers = {
+        "/api/queues/%2F": [
+            {
+                "name": "ok",
+                "messages_ready": 3,
+                "messages_unacknowledged": 1,
+                "consumers": 2,
+                "message_stats": {"publish_details": {"rate": 1.5}},
+            },
+            {
+                "name": "bad",
+                "messages_ready": "NaN",
+                "messages_unacknowledged": 1e300,
+                "message_stats": {"publish_details": {"rate": "inf"}},
+            },
+            "not a row",
+            {"name": "x" * 300},
+        ],
+        "/api/queues/v": {"not": "a list"},
+    }
+    seen_auth = []
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):  # noqa: N802 - http.server's name
+            seen_auth.append(self.headers.get("Authorization"))
+            body = json.dumps(answers.get(self.path.split("?")[0], [])).encode()
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.HTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        url = f"http://user:p%40ss@127.0.0.1:{server.server_port}/api/"
+        got = queues.management_queues(url, "/")
+        assert got["ok"]["ready"] == 3 and got["ok"]["unacked"] == 1
+        assert got["ok"]["publish_rate"] == 1.5
+        assert got["bad"]["ready"] is None and got["bad"]["unacked"] is None
+        assert got["bad"]["publish_rate"] is None
+        assert set(got) == {"ok", "bad"}
+        assert seen_auth[0] == "Basic dXNlcjpwQHNz"  # user:p@ss
+        with pytest.raises(queues.QueueError):
+            queues.management_queues(url, "v")
+        monkeypatch.setattr(queues, "MANAGEMENT_MAX_BYTES", 10)
+        with pytest.raises(queues.QueueError, match="too large"):
+            queues.management_queues(url, "/")
+    finally:
+        server.shutdown()
