@@ -568,6 +568,20 @@ def latest(store: Any) -> dict[str, dict[str, Any]]:
     return dict(sample["queues"]) if sample else {}
 
 
+def overview(store: Any, settings: Any) -> dict[str, Any]:
+    """What the Queues page shows and its room pushes: ``{"sampled_at", "broker",
+    "error", "interval", "queues": [row, ...]}`` (rows by name)."""
+    sample = latest_sample(store) or {}
+    rows = sorted((sample.get("queues") or {}).values(), key=lambda r: str(r.get("name")))
+    return {
+        "sampled_at": sample.get("sampled_at"),
+        "broker": sample.get("broker"),
+        "error": sample.get("error"),
+        "interval": float(getattr(settings, "queues_interval", 10.0)),
+        "queues": rows,
+    }
+
+
 def parse_window(window: Any) -> tuple[int, int]:
     if window not in WINDOWS:
         raise ValueError(f"window must be one of {', '.join(WINDOWS)}")

@@ -68,18 +68,9 @@ def queue_list() -> Any:
     """
     store = get_store()
     window = _window("window", "1h")
-    sample = queues.latest_sample(store) or {}
-    rows = sorted((sample.get("queues") or {}).values(), key=lambda r: r["name"])
-    return jsonify(
-        {
-            "sampled_at": sample.get("sampled_at"),
-            "broker": sample.get("broker"),
-            "error": sample.get("error"),
-            "interval": current_app.extensions["monitor"].settings.queues_interval,
-            "queues": rows,
-            "queue_wait": queue_wait(store, window),
-        }
-    )
+    body = queues.overview(store, current_app.extensions["monitor"].settings)
+    body["queue_wait"] = queue_wait(store, window)
+    return jsonify(body)
 
 
 @queues_api.get("/queues/<anypath:queue>/history")

@@ -175,7 +175,7 @@
     M.schedule(render);
     loadHistory();
   });
-  M.subscribe({kind: "queues"});
+  M.subscribe({room: "queues"});
   render();
   load();
 };
