@@ -142,3 +142,43 @@ def test_queues_page_in_chromium(cluster):
             assert errors == []
         finally:
             browser.close()
+
+
+OPERATOR = ("quinn", "quinn-operator-pw")
+
+
+def test_operator_purges_a_queue_from_the_page(cluster):
+    """Last in this module: once a user exists, anonymous API calls are refused."""
+    require_chromium()
+    from playwright.sync_api import sync_playwright
+
+    from monitor.auth import AuthStore
+    from monitor.config import Settings
+    from monitor.store import Store, redis_client
+
+    serve, idle = cluster["serve"], cluster["idle"]
+    settings = Settings(redis_url=REDIS_URL, prefix=cluster["prefix"])
+    store = Store(redis_client(REDIS_URL), settings)
+    AuthStore(store.redis, store.keys, settings).add_user(*OPERATOR, role="operator")
+    wait_for(lambda: serve.get("/api/v1/queues").status_code == 401, 30, 0.2, what="users on")
+    independent = redis.Redis.from_url(cluster["broker"].url)
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_context(viewport={"width": 1280, "height": 900}).new_page()
+            errors: list[str] = []
+            page.on("pageerror", lambda e: errors.append(str(e)))
+            page.goto(serve.url + "/login?next=/queues")
+            page.fill("input[name=name]", OPERATOR[0])
+            page.fill("input[name=password]", OPERATOR[1])
+            page.click("form.login button[type=submit]")
+            page.locator(f'button[data-purge="{idle}"]').click()
+            dialog = page.locator("dialog[open]")
+            dialog.locator("text=It holds 12 messages now.").wait_for(timeout=10_000)
+            dialog.locator("button[data-confirm]").click()
+            dialog.locator("text=Purged 12 of 12 messages").wait_for(timeout=10_000)
+            assert sum(independent.llen(k) for k in independent.scan_iter(idle + "*")) == 0
+            assert errors == []
+        finally:
+            browser.close()
+            store.close()

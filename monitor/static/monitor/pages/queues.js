@@ -48,6 +48,7 @@
         return h("p", {class: "purged", text: "Purged " + M.fmtNum(r && r.purged) + " of " +
           M.fmtNum(r && r.depth_before) + " messages from " + name + "."});
       },
+      done: function () { load(); },
     });
     M.api("/queues/" + M.enc(name)).then(function (r) {
       depth.className = "queue-depth";
