@@ -72,12 +72,15 @@ WINDOWS = {"15m": (900, 60), "1h": (3600, 60), "24h": (86400, 3600), "7d": (7 * 
 
 #: KEYS = one queue's sub-queue lists (priority steps, base queue first);
 #: ARGV[1] = bytes of a tail message decoded at most. Returns, per key,
-#: {length, oldest message's task id or false, its eta or false}.
+#: {length (-1: the key is not a list), oldest message's task id or false, its eta
+#: or false}. A routing key any producer chose names these keys: one naming a
+#: key of another type must cost that queue its depth, not the sample.
 DEPTH_SCRIPT = """
 local out = {}
 local limit = tonumber(ARGV[1])
 for i, key in ipairs(KEYS) do
-  local n = redis.call('LLEN', key)
+  local n = redis.pcall('LLEN', key)
+  if type(n) ~= 'number' then n = -1 end
   local id, eta = false, false
   if n > 0 then
     local msg = redis.call('LINDEX', key, -1)
@@ -247,12 +250,19 @@ def redis_depths(
         break
     out: dict[str, dict[str, Any]] = {}
     for queue, reply in zip(queues, replies, strict=True):
-        if isinstance(reply, Exception):
-            raise QueueError(f"queue {queue!r}: {type(reply).__name__}: {reply}")
-        depth = 0
+        if isinstance(reply, redis.exceptions.ConnectionError):
+            raise reply
+        if isinstance(reply, Exception) or not isinstance(reply, list):
+            out[queue] = {"depth": None, "tails": [], "error": f"{type(reply).__name__}"}
+            continue
+        depth: int | None = 0
         tails = []
         for i in range(0, len(reply), 3):
-            depth += int(reply[i])
+            n = int(reply[i])
+            if n < 0:  # not a list: not a queue of kombu's
+                depth = None
+            elif depth is not None:
+                depth += n
             task_id, eta = reply[i + 1], reply[i + 2]
             if task_id:
                 tails.append((_text(task_id), _text(eta) if eta else None))
@@ -324,7 +334,7 @@ def queue_depth(celery_app: Any, queue: str) -> int | None:
         conn.ensure_connection(max_retries=1, interval_start=0)
         if _is_redis(conn):
             client, steps, sep, keyprefix = _redis_client(conn)
-            return int(redis_depths(client, [queue], steps, sep, keyprefix)[queue]["depth"])
+            return redis_depths(client, [queue], steps, sep, keyprefix)[queue]["depth"]
         return declare_depths(conn, [queue])[queue]["depth"]
 
 

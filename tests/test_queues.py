@@ -426,3 +426,21 @@ def test_management_answers_are_checked(monkeypatch):
             queues.management_queues(url, "/")
     finally:
         server.shutdown()
+
+
+def test_a_routing_key_naming_another_kind_of_key_costs_only_its_queue(broker_redis):
+    app = redis_app(broker_redis.url)
+    uid = uuid.uuid4().hex[:8]
+    client = redis.Redis.from_url(broker_redis.url)
+    client.hset(f"hash-{uid}", "a", "1")  # say, a producer routed to "_kombu.binding.celery"
+    client.lpush(f"junk-{uid}", b"\xff not json", b"[1, 2]", b'{"headers": "x"}')
+    app.send_task(NOBODY, queue=f"fine-{uid}")
+    with app.connection_for_read() as conn:
+        broker, steps, sep, keyprefix = queues._redis_client(conn)
+        got = queues.redis_depths(
+            broker, [f"hash-{uid}", f"junk-{uid}", f"fine-{uid}"], steps, sep, keyprefix
+        )
+    assert got[f"hash-{uid}"]["depth"] is None
+    assert got[f"junk-{uid}"] == {"depth": 3, "tails": []}  # undecodable messages: no id
+    assert got[f"fine-{uid}"]["depth"] == 1 and len(got[f"fine-{uid}"]["tails"]) == 1
+    assert queues.queue_depth(app, f"hash-{uid}") is None
