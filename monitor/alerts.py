@@ -1042,22 +1042,25 @@ class Engine:
 
     # -- shared inputs of one run ----------------------------------------------------
     def minute_counters(self, minutes: int, now: float) -> list[dict[str, str]]:
-        """Counters of the last ``minutes`` minutes; past minutes read once."""
+        """Counters of the last ``minutes`` minutes (``store.minute_stats``, the
+        store's public read); past minutes are read once and kept."""
         last = int(now // 60)
         first = last - minutes + 1
-        wanted = range(first, last + 1)
         # The last two minutes still change (an event's time is its own, a bit late).
-        missing = [m for m in wanted if m not in self._minutes or m >= last - 1]
-        if missing:
-            pipe = self.redis.pipeline(transaction=False)
-            for minute in missing:
-                pipe.hgetall(self.keys.stats(minute))
-            for minute, counters in zip(missing, pipe.execute(), strict=True):
-                self._minutes[minute] = counters
+        cached_until = last - 2
+        missing_old = [m for m in range(first, cached_until + 1) if m not in self._minutes]
+        if missing_old:
+            # one read from the oldest missing minute to now covers both
+            span = last - missing_old[0] + 1
+            fresh = self.store.minute_stats(span, now=now)
+        else:
+            fresh = self.store.minute_stats(min(2, minutes), now=now)
+        for entry in fresh:
+            self._minutes[int(entry["minute"]) // 60] = entry["counters"]
         oldest = last - int(_DAY // 60) - 1
         for minute in [m for m in self._minutes if m < oldest]:
             del self._minutes[minute]
-        return [self._minutes[m] for m in wanted]
+        return [self._minutes.get(m, {}) for m in range(first, last + 1)]
 
 
 class _Unavailable(Exception):
@@ -1101,10 +1104,12 @@ def _failure_rate(engine: Engine, rule: Rule, now: float, shared: dict[str, Any]
             bucket[0] += _int(minute.get("state:FAILURE"))
             bucket[1] += _int(minute.get("state:SUCCESS"))
             continue
+        # one spelling per minute: both could describe the same counters
+        legacy = any(f.startswith("name:") for f in minute)
         for field_name, value in minute.items():
-            if not field_name.startswith("name:"):
+            if legacy != field_name.startswith("name:"):
                 continue
-            name, _, state = field_name[5:].rpartition(":")
+            name, state = _named_state(field_name)
             if state not in ("FAILURE", "SUCCESS") or not rule.matches(name):
                 continue
             bucket = totals.setdefault(rule.pattern if aggregate else name, [0, 0])
@@ -1131,6 +1136,19 @@ def _failure_rate(engine: Engine, rule: Rule, now: float, shared: dict[str, Any]
             )
     # Any subject with data is known (a name not seen in the window: unknown).
     return firing, set(totals) | {rule.pattern}
+
+
+def _named_state(field_name: str) -> tuple[str, str]:
+    """(task name, state) of a per-name counter: ``state:FAILURE|proj.add`` (the
+    stats hashes' spelling, monitor/vocabulary.py) or ``name:proj.add:FAILURE``
+    (what ``store.minute_stats`` also gives); ("", "") for any other field."""
+    if field_name.startswith("name:"):
+        name, _, state = field_name[5:].rpartition(":")
+        return name, state
+    if field_name.startswith("state:") and "|" in field_name:
+        base, _, name = field_name.partition("|")
+        return name, base[6:]
+    return "", ""
 
 
 def _int(value: Any) -> int:

@@ -229,7 +229,10 @@ class Settings:
         10_000, _positive(int), "approximate length of the change feed for the web tier"
     )
     stats_ttl: float = _setting(
-        26 * 3600.0, _positive(float), "seconds per-minute counters are kept"
+        2 * 3600.0,
+        _positive(float),
+        "seconds per-name and per-worker per-minute counters are kept (the history's 15 min "
+        "and 1 h windows of one task name or worker; the overview's slowest and failing)",
     )
     redact: tuple[str, ...] = _setting(
         ("password", "passwd", "secret", "token", "api_key", "apikey", "authorization"),
@@ -333,6 +336,42 @@ class Settings:
         "viewers see no args, kwargs, results, progress meta or traceback, "
         "and only the type of an exception",
     )
+    # -- metrics and history (issue 10)
+    stats_minutes_ttl: float = _setting(
+        7 * 24 * 3600.0,
+        _finite_positive,
+        "seconds the global per-minute counters and histograms are kept",
+    )
+    stats_hours_ttl: float = _setting(
+        90 * 24 * 3600.0, _finite_positive, "seconds the global hourly counters are kept"
+    )
+    stats_scoped_hours_ttl: float = _setting(
+        8 * 24 * 3600.0,
+        _finite_positive,
+        "seconds per-name and per-worker hourly counters are kept (the history's 24 h and "
+        "7 d windows of one task name or worker)",
+    )
+    # -- queues (issue 10)
+    queues_interval: float = _setting(
+        10.0,
+        _finite_positive,
+        "seconds between two samples of every known queue's depth, consumers and oldest "
+        "message (one elected serve process samples)",
+    )
+    queues_max: int = _setting(
+        1000, _int_range(1, 100_000), "queues sampled at most (the app's and workers' first)"
+    )
+    queues_history_max: int = _setting(
+        200,
+        _int_range(0, 10_000),
+        "queues whose per-minute history (7 days) is kept: the deepest of each sample",
+    )
+    broker_api: str | None = _setting(
+        None,
+        _optional(_url(("http", "https"))),
+        "RabbitMQ management API URL, e.g. http://guest:guest@localhost:15672/api/ "
+        "(like Flower's --broker-api): adds messages ready/unacknowledged and rates per queue",
+    )
     # -- alerts (issue 10) ---------------------------------------------------------
     alert_rules: str | None = _setting(
         None,
@@ -419,7 +458,7 @@ class Settings:
 
 _FIELDS = {spec.name: spec for spec in fields(Settings)}
 #: Settings holding a URL that may carry a password (Settings' repr masks it).
-_URL_SETTINGS = frozenset({"redis_url", "broker_url", "message_queue"})
+_URL_SETTINGS = frozenset({"redis_url", "broker_url", "message_queue", "broker_api"})
 
 
 def _parse(spec: dataclasses.Field[Any], text: str, name: str) -> Any:

@@ -67,8 +67,24 @@ class Keys:
 
     # -- feeds and counters -----------------------------------------------
     def stats(self, minute: int) -> str:
-        """hash: counters for one minute (epoch seconds // 60)."""
+        """hash: global counters and histograms of one minute (epoch seconds // 60);
+        fields spelled in monitor/vocabulary.py (``state:SUCCESS``, ``rt:0.25`` ...)."""
         return f"{self.prefix}:stats:{minute}"
+
+    def stats_hour(self, hour: int) -> str:
+        """hash: the same for one hour (epoch seconds // 3600)."""
+        return f"{self.prefix}:stats:h:{hour}"
+
+    @staticmethod
+    def stats_names(period_key: str) -> str:
+        """hash: per-name counters of the period of ``stats()`` / ``stats_hour()``
+        (fields ``<field>|<task name>``)."""
+        return period_key + ":names"
+
+    @staticmethod
+    def stats_workers(period_key: str) -> str:
+        """hash: per-worker counters of the period (fields ``<field>|<hostname>``)."""
+        return period_key + ":workers"
 
     @property
     def changes(self) -> str:
@@ -123,6 +139,23 @@ class Keys:
     def audit(self) -> str:
         """stream: one entry per attempted operator action, refused ones included."""
         return f"{self.prefix}:audit"
+
+    # -- queues (monitor/queues.py, issue 10) ------------------------------------
+    @property
+    def queues(self) -> str:
+        """zset: queue name -> last time a task was published to it (the write
+        script keeps it, capped and trimmed by age)."""
+        return f"{self.prefix}:queues"
+
+    @property
+    def queues_latest(self) -> str:
+        """string: JSON of the sampler's last sample of every known queue."""
+        return f"{self.prefix}:queues:latest"
+
+    def queue_history(self, queue: str) -> str:
+        """zset: minute (epoch seconds // 60) -> "minute,depth,oldest_age,consumers"
+        for one queue (7 days, a capped number of queues)."""
+        return f"{self.prefix}:queue:{queue}:history"
 
     # -- alerts (monitor/alerts.py, issue 10) ------------------------------------
     @property
@@ -184,4 +217,8 @@ class Keys:
             self.task_names,  # 11
             self.timeline("\0").split("\0")[1],  # 12: timeline suffix
             self.children("\0").split("\0")[1],  # 13: children suffix
+            self.stats_hour(0)[:-1],  # 14: prefix
+            self.stats_names(""),  # 15: suffix
+            self.stats_workers(""),  # 16: suffix
+            self.queues,  # 17: queues seen at publish (issue 10, queues)
         ]

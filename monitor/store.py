@@ -25,7 +25,7 @@ from typing import Any
 
 import redis
 
-from . import fastjson, model
+from . import fastjson, model, vocabulary
 from .config import Settings
 from .keys import Keys
 from .model import TaskEvent, WorkerEvent
@@ -33,8 +33,8 @@ from .vocabulary import KNOWN_STATES, LIST_FIELDS, READY_STATES, STATE_TO_SUBJEC
 
 logger = logging.getLogger(__name__)
 
-#: Upper bounds (seconds) of the runtime histogram buckets; +Inf is implicit.
-RUNTIME_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0)
+#: Upper bounds (seconds) of the runtime and queue-wait histogram buckets; +Inf is implicit.
+RUNTIME_BUCKETS = vocabulary.STAT_BUCKETS
 #: state -> fields Celery keeps from a late event of that state (as a list, for JSON).
 _MERGE_KEEP = {state: list(keep) for state, keep in model.MERGE_RULES.items()}
 #: Fields holding the real, JSON-encoded arguments (signals path).
@@ -52,21 +52,29 @@ MAX_KEY_PART = 512
 #: Fields a task hash may reach through extra event fields (``model.EXTRAS_MARKER``);
 #: past that, new extra fields are dropped and counted in ``fields_truncated``.
 MAX_TASK_FIELDS = 200
-#: Fields of one per-minute stats hash past which new task names count under
-#: ``__other__`` (each name takes a few fields: per state, runtime sum, count).
-STATS_FIELDS = 20_000
+#: Fields of one per-name (or per-worker) per-minute stats hash past which new
+#: task names (hostnames) count under ``__other__``: a name takes ~8 fields a
+#: minute (its states, a few runtime and queue-wait buckets, sums, its anchor).
+STATS_FIELDS = 2_000
+#: The same for an hourly hash (a name spreads over more buckets in an hour).
+STATS_HOUR_FIELDS = 5_000
+#: The task hash field holding its queue wait (received - sent, seconds): the
+#: store's own (the script counts it once, and this field says it did).
+QUEUE_WAIT_FIELD = "queue_wait"
 #: Members of a children or group set returned with a task (the count is exact).
 MAX_MEMBERS = 1000
 #: Workers listed at most (newest first): forged hostnames age out, but a
 #: flood of them must not make every worker list read thousands of hashes.
 MAX_WORKERS = 2000
+#: Queue names the write script remembers from publishes ({p}:queues); the
+#: least recently used go first, so a producer inventing routing keys cannot
+#: grow it (issue 10, queues).
+MAX_QUEUES_SEEN = 2000
 #: A worker without a known heartbeat interval is assumed to beat this often.
 DEFAULT_HEARTBEAT_FREQ = 2.0
 
 
-def bucket_label(upper_bound: float) -> str:
-    """Counter field suffix of a runtime bucket: ``rt:0.25``, ``rt:5``, ``rt:+Inf``."""
-    return f"{upper_bound:g}"
+bucket_label = vocabulary.bucket_label
 
 
 def redis_client(url: str, **options: Any) -> redis.Redis:
@@ -291,16 +299,23 @@ class Store:
                 "max_age": s.max_age,
                 "max_timeline": s.max_timeline,
                 "stream_maxlen": s.stream_maxlen,
-                "stats_ttl": s.stats_ttl,
                 "dedup_window": DEDUP_WINDOW,
                 "purge_after": s.worker_purge_after,
-                "rt_buckets": [[b, bucket_label(b)] for b in RUNTIME_BUCKETS],
                 "clock_skew": s.clock_skew,
                 "max_fields": MAX_RECORD_FIELDS,
                 "max_key_len": MAX_KEY_PART,
                 "max_task_fields": MAX_TASK_FIELDS,
-                "stats_fields": STATS_FIELDS,
-                "owned": list(OWNED_FIELDS),
+                "owned": [*OWNED_FIELDS, QUEUE_WAIT_FIELD],
+                "sf": vocabulary.stats_spelling(),
+                # EXPIRE takes whole seconds (at least 1)
+                "ttl": {
+                    "m": _seconds(s.stats_minutes_ttl),
+                    "mn": _seconds(s.stats_ttl),
+                    "h": _seconds(s.stats_hours_ttl),
+                    "hn": _seconds(s.stats_scoped_hours_ttl),
+                },
+                "cap": {"mn": STATS_FIELDS, "hn": STATS_HOUR_FIELDS},
+                "max_queues": MAX_QUEUES_SEEN,  # issue 10, queues
             }
         )
         self._config_for = s
@@ -481,10 +496,15 @@ class Store:
         first = last - minutes + 1
         pipe = self.redis.pipeline(transaction=False)
         for minute in range(first, last + 1):
-            pipe.hgetall(self.keys.stats(minute))
+            key = self.keys.stats(minute)
+            pipe.hgetall(key)
+            pipe.hgetall(self.keys.stats_names(key))
+        raw = pipe.execute()
         out = []
-        for minute, raw in zip(range(first, last + 1), pipe.execute(), strict=True):
-            out.append({"minute": minute * 60, "counters": raw})
+        for i, minute in enumerate(range(first, last + 1)):
+            counters = raw[2 * i]
+            counters.update(_legacy_names(raw[2 * i + 1]))
+            out.append({"minute": minute * 60, "counters": counters})
         return out
 
     # -- maintenance -------------------------------------------------------
@@ -500,6 +520,33 @@ class Store:
         if batch:
             deleted += self.redis.unlink(*batch)
         return deleted
+
+
+def _legacy_names(fields: dict[str, str]) -> dict[str, str]:
+    """Per-name fields in the spelling the overview (``api.stats``) reads:
+    ``name:<n>:<STATE>``, ``rtsum:<n>``, ``rtcnt:<n>``. (Until the overview reads
+    monitor.history; the hashes themselves use monitor/vocabulary.py's.)"""
+    out: dict[str, str] = {}
+    counts: dict[str, int] = {}
+    v = vocabulary
+    for field, value in fields.items():
+        base, _, name = field.partition(v.STAT_SCOPE)
+        if base.startswith(v.STAT_STATE):
+            out[f"name:{name}:{base[len(v.STAT_STATE) :]}"] = value
+        elif base == v.STAT_RUNTIME_SUM:
+            out[f"rtsum:{name}"] = value
+        elif base.startswith(v.STAT_RUNTIME):
+            try:
+                counts[name] = counts.get(name, 0) + int(value)
+            except ValueError:
+                continue
+    for name, n in counts.items():
+        out[f"rtcnt:{name}"] = str(n)
+    return out
+
+
+def _seconds(value: float) -> int:
+    return max(1, int(value))
 
 
 def _float(value: Any) -> float | None:

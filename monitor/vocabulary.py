@@ -146,4 +146,71 @@ FLOWER_FLOAT_FIELDS = frozenset(
 FLOWER_INT_FIELDS = frozenset({"retries", "clock"})
 
 # -- stats fields: per-minute / per-hour counters and histograms ----------------
-# (issue 10: filled in with the history and metrics work)
+# Every stats hash ({p}:stats:..., see monitor/keys.py) holds these fields; the
+# write script gets them from :func:`stats_spelling` (in its config), history
+# and /metrics read them through the names below.
+
+#: The counter of each state's transitions, as history points and /metrics name it.
+STAT_COUNTERS: dict[str, str] = {
+    "PENDING": "sent",
+    "RECEIVED": "received",
+    "STARTED": "started",
+    "SUCCESS": "succeeded",
+    "FAILURE": "failed",
+    "RETRY": "retried",
+    "REVOKED": "revoked",
+    "REJECTED": "rejected",
+}
+#: The counters a history point carries (issue 10's contract), in that order.
+HISTORY_COUNTERS = ("received", "started", "succeeded", "failed", "retried", "revoked")
+#: ``state:<STATE>``: transitions into STATE (custom states too).
+STAT_STATE = "state:"
+#: ``rt:<bound>``: finished attempts whose runtime is <= bound (and above the
+#: previous bound); ``rtsum``: their runtimes' sum. ``qw:`` / ``qwsum``: the same
+#: for queue wait (received - sent), counted once per task.
+STAT_RUNTIME = "rt:"
+STAT_RUNTIME_SUM = "rtsum"
+STAT_WAIT = "qw:"
+STAT_WAIT_SUM = "qwsum"
+#: Per-name and per-worker hashes: ``<field>|<name or hostname>``. No field
+#: above contains ``|``, so the first one splits a field unambiguously.
+STAT_SCOPE = "|"
+#: ``n|<scope>``: the scope's transitions in the period; a scope is admitted
+#: into a full hash only if this field is there (the cap's anchor).
+STAT_SEEN = "n"
+#: The scope names past the cap count under (nothing lost, only folded).
+STAT_OTHER = "__other__"
+#: Upper bounds (seconds) of the history histograms (runtime and queue wait);
+#: +Inf is implicit. They include every bound of Prometheus' default buckets
+#: (celery-exporter's), so /metrics reports those exactly from these.
+STAT_BUCKETS = (
+    0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0,
+    30.0, 60.0, 300.0, 600.0, 1800.0, 3600.0,
+)  # fmt: skip
+STAT_INF = "+Inf"
+
+
+def bucket_label(upper_bound: float) -> str:
+    """A bucket's field suffix: ``0.25``, ``5``, ``+Inf`` (``rt:0.25``)."""
+    return f"{upper_bound:g}"
+
+
+def scoped(field: str, scope: str) -> str:
+    """A per-name / per-worker field: ``state:SUCCESS|proj.add``."""
+    return field + STAT_SCOPE + scope
+
+
+def stats_spelling() -> dict[str, object]:
+    """What the write script needs to spell every stats field (its config's ``sf``)."""
+    return {
+        "state": STAT_STATE,
+        "rt": STAT_RUNTIME,
+        "rtsum": STAT_RUNTIME_SUM,
+        "qw": STAT_WAIT,
+        "qwsum": STAT_WAIT_SUM,
+        "scope": STAT_SCOPE,
+        "seen": STAT_SEEN,
+        "other": STAT_OTHER,
+        "buckets": [[b, bucket_label(b)] for b in STAT_BUCKETS],
+        "inf": STAT_INF,
+    }

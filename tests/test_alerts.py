@@ -890,3 +890,51 @@ def test_rule_test_sends_one_message(web, store, receiver):
     assert receiver.bodies()[0]["status"] == "test"
     assert client.post("/api/v1/alerts/rules/ping/test", headers=basic("vic")).status_code == 403
     assert len(receiver.posts) == 1
+
+
+def test_queue_rule_on_real_samples_of_a_redis_broker(store, settings, receiver):
+    """The queues sampler (monitor.queues, its elected job) measures a real queue
+    on a Redis broker; the queue rule fires on its depth and resolves once the
+    queue is drained."""
+    import redis as redis_lib
+    from kombu import Queue
+
+    from monitor import queues
+    from monitor.jobs import JobContext
+
+    settings = fast_settings(settings.prefix)
+    store.settings = settings
+    name = f"alerts-depth-{uuid.uuid4().hex[:8]}"
+    app = Celery("alerts-queues", broker=BROKER)
+    app.conf.update(task_queues=[Queue(name)], broker_connection_retry_on_startup=True)
+    broker = redis_lib.Redis.from_url(BROKER)
+    try:
+        for i in range(5):
+            app.send_task(T + "add", (i, i), queue=name)
+        assert broker.llen(name) == 5
+        ctx = JobContext(store, settings, app)
+        queues.sample_once(ctx)
+        assert queues.latest(store)[name]["depth"] == 5
+        put(
+            store,
+            settings,
+            {
+                "name": "deep",
+                "kind": "queue",
+                "pattern": "alerts-depth-*",
+                "max_depth": 3,
+                "webhook": receiver.url,
+            },
+        )
+        engine = alerts.Engine(store, settings, app)
+        firing = run_until(engine, receiver.bodies, "queue depth alert")
+        assert firing[0]["subject"] == name and firing[0]["details"]["depth"] == 5
+        assert "depth 5 > 3" in firing[0]["summary"]
+        broker.delete(name)
+        queues.sample_once(ctx)
+        resolved = run_until(engine, lambda: receiver.bodies()[1:], "resolved")
+        assert resolved[0]["status"] == "resolved" and resolved[0]["subject"] == name
+    finally:
+        broker.delete(name)
+        broker.close()
+        app.close()

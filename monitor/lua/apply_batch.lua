@@ -13,6 +13,10 @@
 -- KEYS[11] task names zset             "{p}:names"
 -- KEYS[12] timeline suffix             ":timeline"
 -- KEYS[13] children suffix             ":children"
+-- KEYS[14] hourly stats prefix         "{p}:stats:h:"
+-- KEYS[15] per-name stats suffix       ":names"   ({p}:stats:{minute}:names ...)
+-- KEYS[16] per-worker stats suffix     ":workers"
+-- KEYS[17] queues seen at publish zset "{p}:queues"
 -- timeline entry: {s=state, t=time, h=host, src="signal,event", r=retries (when
 --                  the report named its attempt), t2=second source's time, o=time the
 --                  report said when it was clamped}. t is the EARLIEST report: src lists
@@ -26,8 +30,12 @@
 --          in the hash.
 -- ARGV[2]  JSON config: ranks{state=rank}, custom_rank, ready_states[], keep{state=[fields a
 --          late event keeps]}, subject{state=time field}, max_tasks, max_age, max_timeline,
---          stream_maxlen, stats_ttl, dedup_window, purge_after, rt_buckets[[bound, label]],
---          clock_skew, max_fields, max_key_len, stats_fields, owned[fields no record may set]
+--          stream_maxlen, dedup_window, purge_after, clock_skew, max_fields, max_key_len,
+--          owned[fields no record may set], sf (stats field spelling: monitor/vocabulary.py
+--          stats_spelling), ttl{m, mn, h, hn} (seconds the global and the per-name/-worker
+--          per-minute and hourly stats hashes are kept), cap{mn, hn} (fields of one
+--          per-name/-worker hash past which new names count under sf.other),
+--          max_queues (issue 10, queues)
 -- ARGV[3]  now (seconds since the epoch, as text)
 -- returns  {applied, duplicates, tasks_changed, trimmed, rejected}
 --
@@ -54,6 +62,7 @@ for _, state in ipairs(cfg.ready_states) do ready[state] = true end
 local P_TASK, K_TASKS, P_STATE, P_NAME, P_WORKER_IDX = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
 local P_GROUP, P_WORKER, K_WORKERS, P_STATS = KEYS[6], KEYS[7], KEYS[8], KEYS[9]
 local K_CHANGES, K_NAMES, S_TIMELINE, S_CHILDREN = KEYS[10], KEYS[11], KEYS[12], KEYS[13]
+local P_HSTATS, S_NAMES, S_WORKERS = KEYS[14], KEYS[15], KEYS[16]
 
 local dedup_window = cfg.dedup_window
 local keep_rules, subjects = cfg.keep, cfg.subject
@@ -183,25 +192,97 @@ local function bump(tbl, key, field, n)
   t[field] = (t[field] or 0) + n
 end
 
--- Per-name counters of one minute are capped (stats_fields fields a hash): past that,
--- names not yet counted in that minute count under OTHER, so a producer
--- churning task names cannot grow a stats hash without bound.
-local OTHER = '__other__'
+-- Statistics. Each counted transition adds to one row of this batch, keyed by
+-- (minute, name, host, queue); the rows are spread over the stats hashes once,
+-- at the end (per-minute and hourly; global, per name, per worker), so a record
+-- costs a few table updates, never a Redis call.
+local SF = cfg.sf
+local F_STATE, F_RT, F_RTSUM, F_QW, F_QWSUM = SF.state, SF.rt, SF.rtsum, SF.qw, SF.qwsum
+local SCOPE, F_SEEN, OTHER = SF.scope, SF.seen, SF.other
+local BOUNDS, LABELS, INF = {}, {}, SF.inf
+for i, b in ipairs(SF.buckets) do BOUNDS[i], LABELS[i] = b[1], b[2] end
+local NBOUNDS = #BOUNDS
 local MAX_RUNTIME = 1e7  -- seconds (115 days): anything longer is not a runtime
-local named = {}  -- stats key -> {field -> {n, prefix, suffix}}; field = prefix..name..suffix
-local function bump_named(key, field, prefix, suffix, n)
-  local t = named[key]
-  if not t then t = {}; named[key] = t end
-  local cur = t[field]
-  if cur then cur[1] = cur[1] + n else t[field] = {n, prefix, suffix} end
+local floor = math.floor
+
+-- The label of the bucket holding x (binary search: 20 bounds).
+local function bucket_of(x)
+  if x > BOUNDS[NBOUNDS] then return INF end
+  local lo, hi = 1, NBOUNDS
+  while lo < hi do
+    local mid = floor((lo + hi) / 2)
+    if x <= BOUNDS[mid] then hi = mid else lo = mid + 1 end
+  end
+  return LABELS[lo]
+end
+
+local rows = {}   -- minute -> name -> host -> queue -> row
+local nrows = {}  -- rows in creation order
+local function row_of(minute, name, host, queue)
+  local a = rows[minute]
+  if not a then a = {}; rows[minute] = a end
+  local b = a[name]
+  if not b then b = {}; a[name] = b end
+  local c = b[host]
+  if not c then c = {}; b[host] = c end
+  local r = c[queue]
+  if not r then
+    r = {m = minute, name = name, host = host, queue = queue,
+         st = {}, rt = {}, rtsum = 0, qw = {}, qwsum = 0, qwn = 0}
+    c[queue] = r
+    nrows[#nrows + 1] = r
+  end
+  return r
+end
+
+-- One new transition (not a duplicate report), whatever order it arrived in.
+local function count(t, state, time, f, host)
+  if host == '' then host = t.worker or '' end
+  local r = row_of(floor(time / 60), t.name or '', host, t.queue or '')
+  r.st[state] = (r.st[state] or 0) + 1
+  if state == 'SUCCESS' or state == 'FAILURE' then
+    local runtime = tonumber(f.runtime)
+    -- Counters only take sane runtimes: one HINCRBYFLOAT of an infinite or
+    -- NaN increment would fail the script halfway through the batch.
+    if runtime and runtime >= 0 and runtime < MAX_RUNTIME then
+      local b = bucket_of(runtime)
+      r.rt[b] = (r.rt[b] or 0) + 1
+      r.rtsum = r.rtsum + runtime
+    end
+  end
+end
+
+-- Queue wait (received - sent): counted once per task, by the first record that
+-- makes both times known (PENDING or RECEIVED, in either order), in the minute it
+-- was received. The hash keeps it (queue_wait, the mark that it was counted),
+-- recomputed when an earlier report of either time arrives, so that every
+-- arrival order stores the same task.
+local function count_wait(t)
+  local sent = tonumber(t.fields.sent or t.sent)
+  local received = tonumber(t.fields.received or t.received)
+  if not (sent and received) then return end
+  local wait = received - sent
+  if wait < 0 then wait = 0 end  -- two hosts' clocks disagree
+  if wait >= MAX_RUNTIME then return end
+  t.fields.queue_wait = tostring(wait)
+  if t.wait_done then return end
+  t.wait_done = true
+  local r = row_of(floor(received / 60), t.name or '', t.worker or '', t.queue or '')
+  local b = bucket_of(wait)
+  r.qw[b] = (r.qw[b] or 0) + 1
+  r.qwsum = r.qwsum + wait
+  r.qwn = r.qwn + 1
 end
 
 local function load(id)
   local t = tasks[id]
   if t then return t end
   local key = P_TASK .. id
-  local cur = redis.call('HMGET', key, 'state', 'name', 'worker', 'retries', 'timestamp')
+  local cur = redis.call('HMGET', key, 'state', 'name', 'worker', 'retries', 'timestamp',
+                         'queue', 'sent', 'received', 'queue_wait')
   t = {key = key, id = id, exists = cur[1] ~= false, fields = {}, score = false}
+  t.queue = cur[6] or false
+  t.sent, t.received, t.wait_done = cur[7] or nil, cur[8] or nil, cur[9] ~= false
   t.state = cur[1] or 'PENDING'
   t.orig_state = cur[1]
   t.name = cur[2] or false
@@ -375,6 +456,7 @@ local function apply_task(rec)
   end
   if f.name then t.name = f.name end
   if f.worker then t.worker = f.worker end
+  if f.queue then t.queue = f.queue elseif not t.queue and fill and fill.queue then t.queue = fill.queue end
   if f.retries then t.retries = tonumber(f.retries) end
   if not t.score or time > t.score then t.score, t.score_text = time, ts end
   t.changed = true
@@ -387,26 +469,6 @@ local function apply_task(rec)
     t.state = state
     t.fields.state = state
     t.fields.timestamp = ts
-    local minute = math.floor(time / 60)
-    local skey = P_STATS .. minute
-    bump(stats, skey, 'state:' .. state, 1)
-    if t.name then bump_named(skey, 'name:' .. t.name .. ':' .. state, 'name:', ':' .. state, 1) end
-    local runtime = tonumber(f.runtime)
-    -- Counters only take sane runtimes: one HINCRBYFLOAT of an infinite or
-    -- NaN increment would fail the script halfway through the batch.
-    if runtime and runtime >= 0 and runtime < MAX_RUNTIME
-       and (state == 'SUCCESS' or state == 'FAILURE') then
-      local bucket = '+Inf'
-      for _, b in ipairs(cfg.rt_buckets) do
-        if runtime <= b[1] then bucket = b[2]; break end
-      end
-      bump(stats, skey, 'rt:' .. bucket, 1)
-      bump(stats, skey, 'rtsum', runtime)
-      if t.name then
-        bump_named(skey, 'rtsum:' .. t.name, 'rtsum:', '', runtime)
-        bump_named(skey, 'rtcnt:' .. t.name, 'rtcnt:', '', 1)
-      end
-    end
     if t.worker then
       if state == 'SUCCESS' then
         bump(worker_incr, t.worker, 'succeeded', 1)
@@ -417,6 +479,8 @@ local function apply_task(rec)
       end
     end
   end
+  if not is_dup then count(t, state, time, f, host) end
+  if state == 'PENDING' or state == 'RECEIVED' then count_wait(t) end
 end
 
 local workers_touched = {}
@@ -628,28 +692,100 @@ for key, args in pairs(zadds) do
   end
 end
 
--- Per-name counters join their minute's hash while it holds fewer than
--- stats_fields fields; past that, only names it already counts do.
-for key, fields in pairs(named) do
-  local incr = stats[key]
-  if not incr then incr = {}; stats[key] = incr end
-  local full = redis.call('HLEN', key) >= cfg.stats_fields
-  for field, c in pairs(fields) do
-    local target = field
-    if full and redis.call('HEXISTS', key, field) == 0 then target = c[2] .. OTHER .. c[3] end
-    incr[target] = (incr[target] or 0) + c[1]
+-- Rows -> stats hashes. Global hashes hold a bounded set of fields (states,
+-- buckets); per-name and per-worker ones are capped (cap.mn / cap.hn fields):
+-- past that, a name or worker not yet counted there counts under OTHER, so a
+-- producer churning task names cannot grow a hash without bound.
+local TTL, CAP = cfg.ttl, cfg.cap
+local key_ttl = {}   -- stats key -> seconds kept
+local key_cap = {}   -- scoped stats key -> fields
+local periods = {}   -- minute -> {global, names, workers} keys of the minute and of its hour
+local function period(minute)
+  local p = periods[minute]
+  if not p then
+    local mk, hk = P_STATS .. minute, P_HSTATS .. floor(minute / 60)
+    p = {mk, mk .. S_NAMES, mk .. S_WORKERS, hk, hk .. S_NAMES, hk .. S_WORKERS}
+    key_ttl[p[1]], key_ttl[p[2]], key_ttl[p[3]] = TTL.m, TTL.mn, TTL.mn
+    key_ttl[p[4]], key_ttl[p[5]], key_ttl[p[6]] = TTL.h, TTL.hn, TTL.hn
+    key_cap[p[2]], key_cap[p[3]], key_cap[p[5]], key_cap[p[6]] = CAP.mn, CAP.mn, CAP.hn, CAP.hn
+    periods[minute] = p
+  end
+  return p
+end
+local scoped = {}  -- scoped key -> scope -> {field -> n}
+local function add(key, field, n)
+  local t = stats[key]
+  if not t then t = {}; stats[key] = t end
+  t[field] = (t[field] or 0) + n
+end
+local function add_scoped(key, scope, field, n)
+  local t = scoped[key]
+  if not t then t = {}; scoped[key] = t end
+  local s = t[scope]
+  if not s then s = {}; t[scope] = s end
+  s[field] = (s[field] or 0) + n
+end
+-- field += n in the minute's and the hour's global hashes, and in their
+-- per-name (and per-worker) hashes when the row names one.
+local function spread(p, r, field, n, workers)
+  add(p[1], field, n); add(p[4], field, n)
+  if r.name ~= '' then add_scoped(p[2], r.name, field, n); add_scoped(p[5], r.name, field, n) end
+  if workers and r.host ~= '' then
+    add_scoped(p[3], r.host, field, n); add_scoped(p[6], r.host, field, n)
   end
 end
-
-for key, incr in pairs(stats) do
-  for field, n in pairs(incr) do
-    if field == 'rtsum' or string.sub(field, 1, 6) == 'rtsum:' then
-      redis.call('HINCRBYFLOAT', key, field, n)
-    else
-      redis.call('HINCRBY', key, field, n)
+for _, r in ipairs(nrows) do
+  local p = period(r.m)
+  local seen, wseen = 0, 0
+  for state, n in pairs(r.st) do
+    -- PENDING is the producer's: its host is no worker
+    local worker_side = state ~= 'PENDING'
+    spread(p, r, F_STATE .. state, n, worker_side)
+    seen = seen + n
+    if worker_side then wseen = wseen + n end
+  end
+  -- the cap's anchors (scoped hashes only)
+  if seen > 0 and r.name ~= '' then
+    add_scoped(p[2], r.name, F_SEEN, seen); add_scoped(p[5], r.name, F_SEEN, seen)
+  end
+  if wseen > 0 and r.host ~= '' then
+    add_scoped(p[3], r.host, F_SEEN, wseen); add_scoped(p[6], r.host, F_SEEN, wseen)
+  end
+  local any = false
+  for label, n in pairs(r.rt) do spread(p, r, F_RT .. label, n, true); any = true end
+  if any then spread(p, r, F_RTSUM, r.rtsum, true) end
+  if r.qwn > 0 then
+    for label, n in pairs(r.qw) do spread(p, r, F_QW .. label, n, false) end
+    spread(p, r, F_QWSUM, r.qwsum, false)
+  end
+end
+-- Sums are floats; everything else counts.
+local function incr(key, field, n)
+  if field == F_RTSUM or field == F_QWSUM then
+    redis.call('HINCRBYFLOAT', key, field, n)
+  else
+    redis.call('HINCRBY', key, field, n)
+  end
+end
+for key, by_scope in pairs(scoped) do
+  local full = redis.call('HLEN', key) >= key_cap[key]
+  for scope, fields in pairs(by_scope) do
+    local target = scope
+    if full and redis.call('HEXISTS', key, F_SEEN .. SCOPE .. scope) == 0 then target = OTHER end
+    local suffix = SCOPE .. target
+    for field, n in pairs(fields) do
+      if field == F_RTSUM or field == F_QWSUM then
+        redis.call('HINCRBYFLOAT', key, field .. suffix, n)
+      else
+        redis.call('HINCRBY', key, field .. suffix, n)
+      end
     end
   end
-  redis.call('EXPIRE', key, math.floor(cfg.stats_ttl))
+  redis.call('EXPIRE', key, key_ttl[key])
+end
+for key, fields in pairs(stats) do
+  for field, n in pairs(fields) do incr(key, field, n) end
+  redis.call('EXPIRE', key, key_ttl[key])
 end
 
 for host, incr in pairs(worker_incr) do
@@ -706,6 +842,37 @@ end
 -- A task name leaves {p}:names with its last task (its index key is gone).
 for name in pairs(maybe_gone) do
   if redis.call('EXISTS', P_NAME .. name) == 0 then redis.call('ZREM', K_NAMES, name) end
+end
+
+-- queues seen at publish (issue 10, queues) ------------------------------------
+-- Queue name -> newest time a task of this batch named it (the publish hook's
+-- queue/routing key, task-sent's queue), one ZADD GT for the batch; the zset is
+-- trimmed by age (max_age) and to max_queues names, least recently seen first.
+do
+  local K_QUEUES = KEYS[17]
+  local queue_args, queue_seen = {}, {}
+  for _, id in ipairs(order) do
+    local t = tasks[id]
+    local q = t.changed and t.fields.queue
+    if q and #q > 0 and #q <= max_key_len then
+      local seen = queue_seen[q]
+      if not seen or t.score > seen then queue_seen[q] = t.score end
+    end
+  end
+  for q, score in pairs(queue_seen) do
+    queue_args[#queue_args + 1] = score
+    queue_args[#queue_args + 1] = q
+  end
+  if #queue_args > 0 then
+    for i = 1, #queue_args, 2 * VARIADIC do
+      redis.call('ZADD', K_QUEUES, 'GT', unpack(queue_args, i,
+                 math.min(i + 2 * VARIADIC - 1, #queue_args)))
+    end
+    redis.call('ZREMRANGEBYSCORE', K_QUEUES, '-inf', now - cfg.max_age)
+    if redis.call('ZCARD', K_QUEUES) > cfg.max_queues then
+      redis.call('ZREMRANGEBYRANK', K_QUEUES, 0, -cfg.max_queues - 1)
+    end
+  end
 end
 
 return {applied, duplicates, tasks_changed, trimmed, rejected}

@@ -68,7 +68,7 @@ class MonitorExtension:
     allowed_hosts: tuple[str, ...] = ()
     #: (monotonic time, answer) of the last "are users configured?" question.
     users_cache: Any = None
-    #: The elected background jobs' runner (monitor.jobs.JobRunner), when started.
+    #: The elected jobs' runner (monitor.jobs.JobRunner), when this process runs one.
     jobs: Any = None
 
     @property
@@ -201,9 +201,11 @@ def init_app(
     from .api import api
     from .flower_api import flower
     from .flower_control import flower_control
+    from .history_api import history_api
     from .live import Hub, register_handlers
     from .metrics import metrics_bp
     from .openapi import openapi_bp
+    from .queues_api import flower_queues, queues_api
 
     if settings is None:
         settings = Settings.from_env(**overrides)
@@ -221,11 +223,14 @@ def init_app(
         (bp, prefix or None),
         (api, prefix + "/api/v1"),
         (actions_api, prefix + "/api/v1"),
+        (history_api, prefix + "/api/v1"),
         (alerts_api, prefix + "/api/v1"),
         (flower, prefix + "/api"),
         (flower_control, prefix + "/api"),
         (openapi_bp, prefix + "/api"),
         (metrics_bp, prefix or None),
+        (queues_api, prefix + "/api/v1"),
+        (flower_queues, prefix + "/api"),
     ]
     for blueprint, at in blueprints:
         if not getattr(blueprint, "_monitor_protected", False):

@@ -297,9 +297,14 @@ def spec(prefix: str = "") -> dict[str, Any]:
     from .actions_api import openapi_paths as action_paths
     from .alerts_api import alerts_paths
     from .flower_control import openapi_paths as flower_control_paths
+    from .history_api import history_paths
 
     paths.update(action_paths())
     paths.update(flower_control_paths())
+    paths.update(history_paths())
+    from .queues_api import queues_paths
+
+    paths.update(queues_paths())
     paths.update(alerts_paths())
     row_props = {name: {"type": "string"} for name in ("id", *LIST_FIELDS)}
     return {

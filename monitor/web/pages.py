@@ -99,6 +99,11 @@ def audit() -> str:
     return _page("audit", "Audit log")
 
 
+@bp.get("/queues")
+def queues() -> str:
+    return _page("queues", "Queues", scripts=("pages/queues.js",))
+
+
 @bp.get("/alerts")
 def alerts() -> str:
     """Alert rules, what fires now, pending deliveries and the sent log (viewers read,
