@@ -1231,7 +1231,10 @@ def _beat_missed(engine: Engine, rule: Rule, now: float, shared: dict[str, Any])
             from . import beat  # the beat helper's module (issue 10)
         except ImportError:
             raise _Unavailable("beat rules need monitor.beat (not installed)") from None
-        shared["periodic"] = beat.periodic_tasks(engine.store, engine.celery_app, now=now)
+        app = engine.celery_app
+        if app is None and hasattr(beat, "app_for"):
+            app = beat.app_for(engine.store)  # the app the web tier was given
+        shared["periodic"] = beat.periodic_tasks(engine.store, app, now=now)
     firing, known = {}, set()
     for entry in list(shared["periodic"])[:10_000]:
         if not isinstance(entry, Mapping):

@@ -938,3 +938,31 @@ def test_queue_rule_on_real_samples_of_a_redis_broker(store, settings, receiver)
         broker.delete(name)
         broker.close()
         app.close()
+
+
+def test_beat_rule_on_the_beat_modules_view_of_a_schedule(store, settings, receiver):
+    """monitor.beat reads the app's beat_schedule and the store: an entry due every
+    10 s that no run was seen for in the last hour is missed; one that just ran is not."""
+    from monitor import beat
+
+    settings = fast_settings(settings.prefix)
+    store.settings = settings
+    app = Celery("alerts-beat", broker=BROKER)
+    app.conf.beat_schedule = {
+        "tick": {"task": T + "add", "schedule": 10.0, "args": (1, 2)},
+        "tock": {"task": T + "noop", "schedule": 3600.0},
+    }
+    now = time.time()
+    # the store vouches for the last hour (its oldest task), in which tick never ran
+    store.apply([TaskEvent("old", "SUCCESS", now - 3600, "event", "celery@w", {"name": "x.y"})])
+    rows = {r["name"]: r for r in beat.periodic_tasks(store, app, now=now)}
+    assert rows["tick"]["missed"] is True and rows["tock"]["missed"] is False
+    put(store, settings, {"name": "missed", "kind": "beat_missed", "webhook": receiver.url})
+    engine = alerts.Engine(store, settings, app)
+    sent = run_until(engine, receiver.bodies, "missed periodic task alert")
+    for _ in range(3):
+        engine.run()
+    assert [b["subject"] for b in receiver.bodies()] == ["tick"]
+    assert sent[0]["details"]["task"] == T + "add"
+    assert "did not run when due" in sent[0]["summary"]
+    app.close()

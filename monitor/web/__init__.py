@@ -6,7 +6,8 @@ endpoint inside an existing Flask application. Per-app objects (Settings, Store,
 live Hub, worker inspector, the Socket.IO server) live in
 ``app.extensions["monitor"]``. Pass your Celery app as ``celery_app=`` so
 ``/api/workers?refresh=1`` inspects workers through your broker settings
-(otherwise MONITOR_BROKER_URL, else the store's Redis, as the receiver does).
+(otherwise MONITOR_BROKER_URL, else the store's Redis, as the receiver does)
+and ``/beat`` lists its ``beat_schedule`` and celery-redbeat entries.
 
 Socket.IO: every app gets a ``SocketIO`` of its own, served at
 ``<url_prefix>/socket.io``, and a host's ``app.extensions["socketio"]`` is left
@@ -70,6 +71,8 @@ class MonitorExtension:
     users_cache: Any = None
     #: The elected jobs' runner (monitor.jobs.JobRunner), when this process runs one.
     jobs: Any = None
+    #: The user's Celery app (create_app(celery_app=...), serve -A): its beat_schedule ...
+    celery_app: Any = None
 
     @property
     def socketio_path(self) -> str:
@@ -199,6 +202,7 @@ def init_app(
     from .actions_api import actions_api
     from .alerts_api import alerts_api
     from .api import api
+    from .beat_api import beat_api
     from .flower_api import flower
     from .flower_control import flower_control
     from .history_api import history_api
@@ -225,6 +229,7 @@ def init_app(
         (actions_api, prefix + "/api/v1"),
         (history_api, prefix + "/api/v1"),
         (alerts_api, prefix + "/api/v1"),
+        (beat_api, prefix + "/api/v1"),
         (flower, prefix + "/api"),
         (flower_control, prefix + "/api"),
         (openapi_bp, prefix + "/api"),
@@ -268,7 +273,12 @@ def init_app(
         auth=AuthStore(store.redis, store.keys, settings),
         audit=AuditLog(store.redis, store.keys, settings),
         allowed_hosts=allowed_hosts,
+        celery_app=celery_app,
     )
     flask_app.extensions["monitor"] = ext
+    if celery_app is not None:
+        from .. import beat
+
+        beat.bind_app(settings, celery_app)  # the live "beat" room holds only a Store
     security.configure_app(flask_app, ext, _standalone)
     return flask_app

@@ -13,6 +13,8 @@ room               message
 ``tasks:<json>``   "tasks": {"rows": [...]} changed rows matching the filters
 ``task:<id>``      "task": {"task": detail}
 ``worker:<host>``  "worker": {"worker": ..., "rows": [...]}
+``beat``           "beat": the /api/v1/beat object (periodic tasks)
+``alerts``         "alerts": sent log, pending deliveries, firing subjects, status
 =================  ===============================================================
 
 A room kind is one entry of :data:`ROOM_KINDS` (:class:`RoomKind`: how a
@@ -86,6 +88,8 @@ XREAD_COUNT = 5000
 SUMMARY_INTERVAL = 1.0
 #: Seconds between two pushes of the alerts room.
 ALERTS_EVERY = 2.0
+#: The beat room re-reads every entry (up to 1,000: ~0.1 s): at most this often on changes.
+BEAT_THROTTLE = 2.0
 #: Longest task id, hostname or filter value in a room name (Celery's ids are 36).
 MAX_VALUE = 255
 #: States one task-list filter may name.
@@ -370,6 +374,18 @@ def _alerts(store: Store, _arg: str) -> tuple[str, Any]:
     return "alerts", alerts.live_snapshot(store)
 
 
+def _beat(store: Store, _arg: str) -> tuple[str, Any]:
+    # Shared by every client: no entry arguments for anyone when they are hidden
+    # from viewers (an operator's page reads them from the API).
+    from .. import beat
+
+    body = beat.beat_status(store, beat.app_for(store))
+    if store.settings.hide_args_from_viewers:
+        for row in body["entries"]:
+            row["args"] = row["kwargs"] = None
+    return "beat", body
+
+
 _NO_ARG: Callable[[dict[str, Any]], str | None] = lambda _p: None  # noqa: E731
 _TASK, _WORKER = frozenset({"task"}), frozenset({"worker"})
 
@@ -389,6 +405,9 @@ ROOM_KINDS: dict[str, RoomKind] = {
     "task": RoomKind(
         lambda p: _value(p, "id", "task"), _task, _push_details, on=_TASK, drops="task"
     ),
+    # periodic tasks (monitor/beat.py): new runs arrive as task changes; due and
+    # missed follow the clock, hence the refresh
+    "beat": RoomKind(_NO_ARG, _beat, on=_TASK, throttle=BEAT_THROTTLE, every=REFRESH_EVERY),
     "worker": RoomKind(
         lambda p: _value(p, "hostname", "worker"),
         _worker,

@@ -306,6 +306,9 @@ def spec(prefix: str = "") -> dict[str, Any]:
 
     paths.update(queues_paths())
     paths.update(alerts_paths())
+    from .beat_api import beat_paths
+
+    paths.update(beat_paths())
     row_props = {name: {"type": "string"} for name in ("id", *LIST_FIELDS)}
     return {
         "openapi": "3.1.0",
