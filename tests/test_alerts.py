@@ -675,15 +675,15 @@ def test_worker_offline_with_a_real_worker_stopped(fresh, receiver):
     assert cluster.worker.hostname not in json.dumps(sent)  # the pattern excludes it
 
 
-def test_queue_and_beat_rules_from_their_modules(store, settings, receiver, monkeypatch):
-    """Queue and beat rules read the queues and beat helpers' functions (their
-    own tests check those against real brokers and a real beat)."""
-    import sys
-    import types
+def test_queue_and_beat_rule_conditions_and_resolution(store, settings, receiver, monkeypatch):
+    """A unit test of the two rules' conditions on canned answers of
+    monitor.queues.latest and monitor.beat.periodic_tasks (the two tests below
+    use their real answers; their own tests check them against real brokers and
+    a real beat): depth and age thresholds, unknown values, resolution."""
+    from monitor import beat, queues
 
     settings = fast_settings(settings.prefix)
     now = time.time()
-    queues = types.ModuleType("monitor.queues")
     samples = {
         "celery": {
             "name": "celery",
@@ -710,8 +710,7 @@ def test_queue_and_beat_rules_from_their_modules(store, settings, receiver, monk
             "broker": "redis",
         },
     }
-    queues.latest = lambda store: samples
-    beat = types.ModuleType("monitor.beat")
+    monkeypatch.setattr(queues, "latest", lambda store: samples)
     periodic = [
         {
             "name": "nightly",
@@ -732,9 +731,7 @@ def test_queue_and_beat_rules_from_their_modules(store, settings, receiver, monk
             "missed": False,
         },
     ]
-    beat.periodic_tasks = lambda store, app, now=None: periodic
-    monkeypatch.setitem(sys.modules, "monitor.queues", queues)
-    monkeypatch.setitem(sys.modules, "monitor.beat", beat)
+    monkeypatch.setattr(beat, "periodic_tasks", lambda store, app, now=None: periodic)
     put(
         store,
         settings,
