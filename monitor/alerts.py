@@ -823,6 +823,17 @@ class Engine:
                 cursor = entry_id
             if len(entries) < FEED_BATCH or len(failures) >= 10 * MAX_EVENT_ALERTS:
                 break
+        # A failure recorded before the task's name reached the store (the pool
+        # process's report ahead of the parent's RECEIVED) is in the feed without
+        # one: the task hash may know it by now.
+        unnamed = [entry for entry in failures if not entry.get("name")]
+        if unnamed:
+            pipe = r.pipeline(transaction=False)
+            for entry in unnamed:
+                pipe.hget(keys.task(entry.get("id") or ""), "name")
+            for entry, name in zip(unnamed, pipe.execute(), strict=True):
+                if name:
+                    entry["name"] = name
         candidates = []
         for entry in failures:
             name = entry.get("name") or ""
@@ -859,7 +870,15 @@ class Engine:
                 new_name = next(answers) if rule.dedup(self.settings) > 0 else True
                 if new_task and new_name:
                     fresh.append((rule, entry))
-            fresh = fresh[: max(0, MAX_EVENT_ALERTS - queued)]
+            room = max(0, MAX_EVENT_ALERTS - queued)
+            if len(fresh) > room:
+                logger.warning(
+                    "alerts: %d task failures in one evaluation; %d alerts sent, the rest"
+                    " only counted in the task list",
+                    len(candidates),
+                    MAX_EVENT_ALERTS,
+                )
+            fresh = fresh[:room]
             details = self._task_details([entry.get("id") or "" for _, entry in fresh])
             for (rule, entry), task in zip(fresh, details, strict=True):
                 queued += self._queue(
@@ -993,7 +1012,14 @@ class Engine:
             if not isinstance(alert, dict):
                 self.redis.zrem(self.keys.alert_pending, alert_id)
                 continue
-            result = send_webhook(alert.get("webhook", ""), payload(alert), s.alert_timeout)
+            alert["id"] = alert_id
+            try:
+                body = payload(alert)
+            except (KeyError, TypeError, ValueError) as exc:  # a stored record gone bad
+                self._finish(alert, "failed", f"unreadable alert: {type(exc).__name__}")
+                counts["failed"] += 1
+                continue
+            result = send_webhook(str(alert.get("webhook", "")), body, s.alert_timeout)
             alert["attempts"] = int(alert.get("attempts") or 0) + 1
             alert["last_attempt"] = self.clock()
             alert["http_status"] = result.status

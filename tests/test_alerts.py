@@ -963,3 +963,31 @@ def test_beat_rule_on_the_beat_modules_view_of_a_schedule(store, settings, recei
     assert sent[0]["details"]["task"] == T + "add"
     assert "did not run when due" in sent[0]["summary"]
     app.close()
+
+
+def test_a_failure_fed_without_its_name_and_a_corrupt_delivery(store, settings, receiver):
+    settings = fast_settings(settings.prefix)
+    store.settings = settings
+    put(
+        store,
+        settings,
+        {"name": "pay", "kind": "task_failed", "pattern": "proj.pay*", "webhook": receiver.url},
+    )
+    engine = alerts.Engine(store, settings)
+    engine.run()  # the cursor starts at the feed's end
+    now = time.time()
+    store.apply([TaskEvent("p1", "RECEIVED", now - 1, "event", "celery@w", {"name": "proj.pay"})])
+    # the pool process's FAILURE reached the feed before the name did
+    store.redis.xadd(
+        store.keys.changes,
+        {"kind": "task", "id": "p1", "state": "FAILURE", "name": "", "worker": "", "ts": str(now)},
+    )
+    sent = run_until(engine, receiver.bodies, "the alert, named from the task hash")
+    assert sent[0]["subject"] == "proj.pay" and sent[0]["details"]["task_id"] == "p1"
+    # a stored delivery that is not an alert any more ends as failed, once
+    store.redis.hset(store.keys.alert_deliveries, "bad", json.dumps({"rule": 5}))
+    store.redis.zadd(store.keys.alert_pending, {"bad": 0})
+    run_until(engine, lambda: any(e["id"] == "bad" for e in alerts.sent_log(store)), "bad logged")
+    bad = next(e for e in alerts.sent_log(store) if e["id"] == "bad")
+    assert bad["delivery"] == "failed" and "unreadable" in bad["error"]
+    assert alerts.pending(store) == [] and len(receiver.posts) == 1
