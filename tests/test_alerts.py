@@ -991,3 +991,33 @@ def test_a_failure_fed_without_its_name_and_a_corrupt_delivery(store, settings, 
     bad = next(e for e in alerts.sent_log(store) if e["id"] == "bad")
     assert bad["delivery"] == "failed" and "unreadable" in bad["error"]
     assert alerts.pending(store) == [] and len(receiver.posts) == 1
+
+
+def test_a_hanging_receiver_costs_one_timeout_per_evaluation(store, settings, receiver):
+    """Delivery is bounded per run (MONITOR_ALERT_BUDGET): behind a receiver that
+    hangs, one run makes one attempt; the other alerts wait for the next run."""
+    settings = fast_settings(settings.prefix, alert_budget=0.1, alert_timeout=0.5)
+    store.settings = settings
+    now = time.time()
+    store.apply(
+        [
+            WorkerEvent(f"hang@w{i}", "heartbeat", now - 600, "event", {"freq": 2.0})
+            for i in range(3)
+        ]
+    )
+    put(
+        store,
+        settings,
+        {"name": "hang", "kind": "worker_offline", "seconds": 1, "webhook": receiver.url},
+    )
+    receiver.plan = ["hang"] * 3
+    engine = alerts.Engine(store, settings)
+    counts = engine.run()
+    assert counts["queued"] == 3 and counts["retrying"] == 1 and len(receiver.posts) == 1
+    waiting = alerts.pending(store)
+    assert len(waiting) == 3
+    assert sorted(a["attempts"] for a in waiting) == [0, 0, 1]
+    assert all(a["next_attempt"] <= time.time() for a in waiting if a["attempts"] == 0)
+    receiver.release.set()
+    receiver.plan = []
+    run_until(engine, lambda: len(alerts.sent_log(store)) == 3, "all delivered once it answers")
