@@ -97,9 +97,22 @@ def build(settings: Any, events: bool = True, app: Any = None) -> tuple[Any, Any
         from ..events import Receiver
 
         receiver = Receiver(settings, app).start()
-    hub = flask_app.extensions["monitor"].hub
+    ext = flask_app.extensions["monitor"]
+    hub = ext.hub
     hub.events_status = lambda: _events_status(receiver)
     hub.ensure_started()
+    from .. import alerts, queues
+    from ..jobs import JobRunner
+
+    # The elected jobs (issue 10): one runner per process, each job run by one process.
+    ext.jobs = JobRunner(
+        ext.store,
+        ext.settings,
+        [*queues.jobs(ext.settings), *alerts.jobs(ext.settings)],
+        app,
+        spawn=ext.socketio.start_background_task,
+    )
+    ext.jobs.start()
     return flask_app, receiver
 
 
@@ -171,6 +184,8 @@ def run_server(settings: Any, events: bool = True, app: Any = None) -> None:
     finally:
         server.stop(timeout=2)
         hub.stop()
+        if ext.jobs is not None:
+            ext.jobs.stop()  # releases the leases: another process takes over at once
         if receiver is not None:
             receiver.stop()
         logger.info("celery monitor stopped")
