@@ -39,15 +39,13 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-import amqp.exceptions
 import redis
 from celery import Celery
 from celery.utils.nodenames import anon_nodename
 from kombu.serialization import prepare_accept_content
-from kombu.transport import virtual
 from kombu.utils.json import loads as tagged_json_loads
 
-from . import fastjson
+from . import fastjson, queues
 from .config import Settings
 from .model import TaskEvent, brief
 from .signals.handlers import REGENERATED_HEADERS
@@ -923,20 +921,10 @@ class Controller:
     # -- queues ------------------------------------------------------------------------
     def _queue_depth(self, queue: str) -> int | None:
         """Messages ready in ``queue`` (a Redis queue's priority lists included),
-        or None when the broker has no such queue."""
+        or None when the broker has no such queue (:func:`monitor.queues.queue_depth`,
+        the one way the monitor reads a depth)."""
         try:
-            with self.app.connection_for_write() as conn:
-                conn.ensure_connection(max_retries=1, interval_start=0)
-                with conn.channel() as channel:
-                    try:
-                        return int(channel.queue_declare(queue=queue, passive=True).message_count)
-                    except amqp.exceptions.ChannelError as exc:
-                        if getattr(exc, "reply_code", None) not in (404, "404"):
-                            raise
-                        # kombu's Redis transport: an empty queue is no key at all
-                        return 0 if isinstance(conn.transport, virtual.Transport) else None
-        except ActionError:
-            raise
+            return queues.queue_depth(self.app, queue)
         except Exception as exc:  # noqa: BLE001 - transport-specific errors
             raise ActionError(f"broker error: {type(exc).__name__}: {exc}", 503, "broker") from exc
 

@@ -66,6 +66,10 @@ MAX_MEMBERS = 1000
 #: Workers listed at most (newest first): forged hostnames age out, but a
 #: flood of them must not make every worker list read thousands of hashes.
 MAX_WORKERS = 2000
+#: Queue names the write script remembers from publishes ({p}:queues); the
+#: least recently used go first, so a producer inventing routing keys cannot
+#: grow it (issue 10, queues).
+MAX_QUEUES_SEEN = 2000
 #: A worker without a known heartbeat interval is assumed to beat this often.
 DEFAULT_HEARTBEAT_FREQ = 2.0
 
@@ -311,6 +315,7 @@ class Store:
                     "hn": _seconds(s.stats_scoped_hours_ttl),
                 },
                 "cap": {"mn": STATS_FIELDS, "hn": STATS_HOUR_FIELDS},
+                "max_queues": MAX_QUEUES_SEEN,  # issue 10, queues
             }
         )
         self._config_for = s

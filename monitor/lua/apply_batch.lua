@@ -16,6 +16,7 @@
 -- KEYS[14] hourly stats prefix         "{p}:stats:h:"
 -- KEYS[15] per-name stats suffix       ":names"   ({p}:stats:{minute}:names ...)
 -- KEYS[16] per-worker stats suffix     ":workers"
+-- KEYS[17] queues seen at publish zset "{p}:queues"
 -- timeline entry: {s=state, t=time, h=host, src="signal,event", r=retries (when
 --                  the report named its attempt), t2=second source's time, o=time the
 --                  report said when it was clamped}. t is the EARLIEST report: src lists
@@ -33,7 +34,8 @@
 --          owned[fields no record may set], sf (stats field spelling: monitor/vocabulary.py
 --          stats_spelling), ttl{m, mn, h, hn} (seconds the global and the per-name/-worker
 --          per-minute and hourly stats hashes are kept), cap{mn, hn} (fields of one
---          per-name/-worker hash past which new names count under sf.other)
+--          per-name/-worker hash past which new names count under sf.other),
+--          max_queues (issue 10, queues)
 -- ARGV[3]  now (seconds since the epoch, as text)
 -- returns  {applied, duplicates, tasks_changed, trimmed, rejected}
 --
@@ -840,6 +842,37 @@ end
 -- A task name leaves {p}:names with its last task (its index key is gone).
 for name in pairs(maybe_gone) do
   if redis.call('EXISTS', P_NAME .. name) == 0 then redis.call('ZREM', K_NAMES, name) end
+end
+
+-- queues seen at publish (issue 10, queues) ------------------------------------
+-- Queue name -> newest time a task of this batch named it (the publish hook's
+-- queue/routing key, task-sent's queue), one ZADD GT for the batch; the zset is
+-- trimmed by age (max_age) and to max_queues names, least recently seen first.
+do
+  local K_QUEUES = KEYS[17]
+  local queue_args, queue_seen = {}, {}
+  for _, id in ipairs(order) do
+    local t = tasks[id]
+    local q = t.changed and t.fields.queue
+    if q and #q > 0 and #q <= max_key_len then
+      local seen = queue_seen[q]
+      if not seen or t.score > seen then queue_seen[q] = t.score end
+    end
+  end
+  for q, score in pairs(queue_seen) do
+    queue_args[#queue_args + 1] = score
+    queue_args[#queue_args + 1] = q
+  end
+  if #queue_args > 0 then
+    for i = 1, #queue_args, 2 * VARIADIC do
+      redis.call('ZADD', K_QUEUES, 'GT', unpack(queue_args, i,
+                 math.min(i + 2 * VARIADIC - 1, #queue_args)))
+    end
+    redis.call('ZREMRANGEBYSCORE', K_QUEUES, '-inf', now - cfg.max_age)
+    if redis.call('ZCARD', K_QUEUES) > cfg.max_queues then
+      redis.call('ZREMRANGEBYRANK', K_QUEUES, 0, -cfg.max_queues - 1)
+    end
+  end
 end
 
 return {applied, duplicates, tasks_changed, trimmed, rejected}

@@ -69,7 +69,7 @@ class MonitorExtension:
     allowed_hosts: tuple[str, ...] = ()
     #: (monotonic time, answer) of the last "are users configured?" question.
     users_cache: Any = None
-    #: The elected jobs' runner (monitor.jobs.JobRunner) under ``monitor serve``.
+    #: The elected jobs' runner (monitor.jobs.JobRunner), when this process runs one.
     jobs: Any = None
     #: The user's Celery app (create_app(celery_app=...), serve -A): its beat_schedule ...
     celery_app: Any = None
@@ -200,6 +200,7 @@ def init_app(
     """
     from . import security
     from .actions_api import actions_api
+    from .alerts_api import alerts_api
     from .api import api
     from .beat_api import beat_api
     from .flower_api import flower
@@ -209,6 +210,7 @@ def init_app(
     from .lost_api import lost_api
     from .metrics import metrics_bp
     from .openapi import openapi_bp
+    from .queues_api import flower_queues, queues_api
     from .task_names_api import task_names_api
 
     if settings is None:
@@ -230,10 +232,13 @@ def init_app(
         (beat_api, prefix + "/api/v1"),
         (history_api, prefix + "/api/v1"),
         (task_names_api, prefix + "/api/v1"),
+        (alerts_api, prefix + "/api/v1"),
         (flower, prefix + "/api"),
         (flower_control, prefix + "/api"),
         (openapi_bp, prefix + "/api"),
         (metrics_bp, prefix or None),
+        (queues_api, prefix + "/api/v1"),
+        (flower_queues, prefix + "/api"),
         (lost_api, prefix + "/api/v1"),
     ]
     for blueprint, at in blueprints:

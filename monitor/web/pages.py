@@ -107,6 +107,18 @@ def audit() -> str:
     return _page("audit", "Audit log")
 
 
+@bp.get("/queues")
+def queues() -> str:
+    return _page("queues", "Queues", scripts=("pages/queues.js",))
+
+
+@bp.get("/alerts")
+def alerts() -> str:
+    """Alert rules, what fires now, pending deliveries and the sent log (viewers read,
+    operators edit the UI's rules)."""
+    return _page("alerts", "Alerts", scripts=("pages/alerts.js",))
+
+
 @bp.get("/lost")
 def lost_page() -> str:
     """Lost and stuck tasks, broker redeliveries, configuration risks (monitor.lost)."""

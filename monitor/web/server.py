@@ -101,18 +101,19 @@ def build(settings: Any, events: bool = True, app: Any = None) -> tuple[Any, Any
     hub = ext.hub
     hub.events_status = lambda: _events_status(receiver)
     hub.ensure_started()
-    _start_jobs(ext, settings, app)
-    return flask_app, receiver
-
-
-def _start_jobs(ext: Any, settings: Any, app: Any) -> None:
-    """The elected jobs of the domain modules (one runner per process)."""
+    from .. import alerts, lost, queues
     from ..jobs import JobRunner
-    from ..lost import jobs as lost_jobs
 
-    runner = JobRunner(ext.store, settings, [*lost_jobs(settings)], app)
-    runner.start()
-    ext.jobs = runner
+    # The elected jobs (issue 10): one runner per process, each job run by one process.
+    ext.jobs = JobRunner(
+        ext.store,
+        ext.settings,
+        [*queues.jobs(ext.settings), *alerts.jobs(ext.settings), *lost.jobs(ext.settings)],
+        app,
+        spawn=ext.socketio.start_background_task,
+    )
+    ext.jobs.start()
+    return flask_app, receiver
 
 
 def _stop_on_signals(server: Any) -> None:
@@ -184,7 +185,7 @@ def run_server(settings: Any, events: bool = True, app: Any = None) -> None:
         server.stop(timeout=2)
         hub.stop()
         if ext.jobs is not None:
-            ext.jobs.stop()
+            ext.jobs.stop()  # releases the leases: another process takes over at once
         if receiver is not None:
             receiver.stop()
         logger.info("celery monitor stopped")
