@@ -43,6 +43,14 @@ def env():
     prefix = "mbl-" + uuid.uuid4().hex[:8]
     store = Store(redis_client(REDIS_URL), Settings(redis_url=REDIS_URL, prefix=prefix))
     broker = RedisServer().start()
+    # Every kombu consumer of the broker restores overdue unacked messages when it
+    # polls (the serve process's inspect replies and queue sampler included), unless
+    # another holds kombu's unacked_mutex: held here, so the seeded messages stay.
+    import redis as redis_lib
+
+    holder = redis_lib.Redis.from_url(broker.url)
+    holder.set("unacked_mutex", "held by the test", ex=600)
+    holder.close()
     serve = ServeProcess(
         REDIS_URL,
         prefix,
