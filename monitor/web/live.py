@@ -13,6 +13,7 @@ room               message
 ``tasks:<json>``   "tasks": {"rows": [...]} changed rows matching the filters
 ``task:<id>``      "task": {"task": detail}
 ``worker:<host>``  "worker": {"worker": ..., "rows": [...]}
+``queues``         "queues": the queue sampler's last sample (monitor.queues.overview)
 =================  ===============================================================
 
 A room kind is one entry of :data:`ROOM_KINDS` (:class:`RoomKind`: how a
@@ -59,7 +60,7 @@ from socketio import PubSubManager
 from ..config import Settings
 from ..lease import Lease
 from ..store import Store, redis_client
-from . import queries
+from . import queries, queues_api
 from .visibility import visible_row
 
 logger = logging.getLogger(__name__)
@@ -387,6 +388,10 @@ ROOM_KINDS: dict[str, RoomKind] = {
         _push_workers,
         on=_TASK | _WORKER,
         drops="worker",
+    ),
+    # every known queue, pushed when the elected sampler stored a new sample (issue 10)
+    "queues": RoomKind(
+        _NO_ARG, queues_api.room_snapshot, queues_api.room_push, every=queues_api.ROOM_EVERY
     ),
 }
 
