@@ -444,3 +444,45 @@ def test_a_routing_key_naming_another_kind_of_key_costs_only_its_queue(broker_re
     assert got[f"junk-{uid}"] == {"depth": 3, "tails": []}  # undecodable messages: no id
     assert got[f"fine-{uid}"]["depth"] == 1 and len(got[f"fine-{uid}"]["tails"]) == 1
     assert queues.queue_depth(app, f"hash-{uid}") is None
+
+
+def test_queues_room_gets_the_sample_and_pushes_only_new_ones(app, store, settings):
+    from monitor.web import queues_api
+
+    sample = {"sampled_at": 100.0, "broker": "redis", "error": None, "queues": {}}
+    sample["queues"]["q"] = {
+        "name": "q",
+        "depth": 3,
+        "consumers": 0,
+        "oldest_age": None,
+        "sampled_at": 100.0,
+        "broker": "redis",
+        "seen": ["publish"],
+        "sources": {},
+    }
+    queues.store_sample(store, sample, settings)
+    sio = app.extensions["monitor"].socketio
+    client = sio.test_client(app)
+    try:
+        ack = client.emit("subscribe", {"room": "queues"}, callback=True)
+        assert ack == {"ok": True, "room": "queues"}
+        first = [m["args"][0] for m in client.get_received() if m["name"] == "queues"]
+        assert first[0]["queues"][0]["depth"] == 3
+    finally:
+        client.disconnect()
+
+    class Push:
+        def __init__(self):
+            self.store, self.sent = store, []
+
+        def emit(self, event, data, room):
+            self.sent.append((event, data["queues"][0]["depth"], room))
+
+    push, state = Push(), {}
+    queues_api.room_push(push, {None: "queues"}, state)()
+    assert queues_api.room_push(push, {None: "queues"}, state) is None  # nothing new
+    sample["sampled_at"] = 110.0
+    sample["queues"]["q"]["depth"] = 5
+    queues.store_sample(store, sample, settings)
+    queues_api.room_push(push, {None: "queues"}, state)()
+    assert push.sent == [("queues", 3, "queues"), ("queues", 5, "queues")]
