@@ -34,6 +34,7 @@ None when nothing could tell it.
 from __future__ import annotations
 
 import base64
+import hashlib
 import json
 import logging
 import math
@@ -214,13 +215,8 @@ def redis_sub_queues(queue: str, steps: Sequence[int], sep: str, keyprefix: str)
     return keys
 
 
-def _sha1(text: str) -> str:
-    import hashlib
-
-    return hashlib.sha1(text.encode()).hexdigest()
-
-
-DEPTH_SHA = _sha1(DEPTH_SCRIPT)
+#: EVALSHA names the script; it is loaded only when the broker's Redis lacks it.
+DEPTH_SHA = hashlib.sha1(DEPTH_SCRIPT.encode()).hexdigest()
 
 
 def redis_depths(
