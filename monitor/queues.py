@@ -34,6 +34,7 @@ None when nothing could tell it.
 from __future__ import annotations
 
 import base64
+import datetime
 import hashlib
 import json
 import logging
@@ -432,6 +433,19 @@ def oldest_pending(store: Any, scan: int = PENDING_SCAN) -> dict[str, float]:
     return out
 
 
+def _eta_time(eta: str | None) -> float | None:
+    """An ISO 8601 eta header as epoch seconds (naive: UTC, as Celery sends it)."""
+    if not eta or len(eta) > 64:
+        return None
+    try:
+        when = datetime.datetime.fromisoformat(eta)
+    except ValueError:
+        return None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=datetime.UTC)
+    return _float(when.timestamp())
+
+
 def _float(value: Any) -> float | None:
     try:
         x = float(value)
@@ -500,7 +514,13 @@ def broker_sample(
             consumers = len(workers.get(name, ()))
             sources["consumers"] = "workers"
         oldest_age = None
-        dated = [sent[t] for t, _eta in tails.get(name, ()) if t in sent]
+        # A message is dated by its task's sent time, else by its eta (runnable
+        # since then): an ETA message's wait starts when it may run.
+        dated = [
+            sent[t] if t in sent else when
+            for t, eta in tails.get(name, ())
+            if t in sent or (when := _eta_time(eta)) is not None
+        ]
         if dated:
             oldest_age = max(0.0, now - min(dated))
             sources["oldest_age"] = "broker"

@@ -486,3 +486,21 @@ def test_queues_room_gets_the_sample_and_pushes_only_new_ones(app, store, settin
     queues.store_sample(store, sample, settings)
     queues_api.room_push(push, {None: "queues"}, state)()
     assert push.sent == [("queues", 3, "queues"), ("queues", 5, "queues")]
+
+
+def test_oldest_age_of_an_eta_message_without_a_stored_task(broker_redis, store, settings):
+    """No publish hook in the producer: the message's eta dates it (runnable since)."""
+    import datetime
+
+    app = redis_app(broker_redis.url)
+    queue = f"eta-{uuid.uuid4().hex[:8]}"
+    eta = datetime.datetime(2030, 1, 1, 12, 0, 0, tzinfo=datetime.UTC)
+    app.send_task(NOBODY, queue=queue, eta=eta)
+    store.redis.zadd(store.keys.queues, {queue: time.time()})
+    sample = queues.broker_sample(store, app, settings, now=eta.timestamp() + 90)
+    row = sample["queues"][queue]
+    assert row["depth"] == 1
+    assert row["oldest_age"] == pytest.approx(90.0) and row["sources"]["oldest_age"] == "broker"
+    # before its eta it has not waited yet
+    early = queues.broker_sample(store, app, settings, now=eta.timestamp() - 60)
+    assert early["queues"][queue]["oldest_age"] == 0.0
