@@ -351,6 +351,14 @@ class Settings:
         "(like Flower's --broker-api): adds messages ready/unacknowledged and rates per queue",
     )
 
+    # -- celery beat (issue 10)
+    beat_grace: float | None = _setting(
+        None,
+        _optional(_finite_positive),
+        "seconds after a periodic task was due before a run not seen marks it missed "
+        "(default: half its interval, at least 30 s, at most 1 h)",
+    )
+
     def __repr__(self) -> str:
         # Settings reach logs and tracebacks: URL passwords masked (the
         # dataclass keeps this one rather than generating its own).

@@ -157,6 +157,10 @@ class Keys:
         for one queue (7 days, a capped number of queues)."""
         return f"{self.prefix}:queue:{queue}:history"
 
+    def beat_script_keys(self, names: list[str]) -> list[str]:
+        """KEYS for ``beat_runs.lua``: task hash prefix, tasks zset, one name index per name."""
+        return [self.task(""), self.tasks, *(self.by_name(name) for name in names)]
+
     def pattern(self) -> str:
         """Glob matching every key of this prefix (tests, `monitor purge`)."""
         return f"{self.prefix}:*"
@@ -182,3 +186,26 @@ class Keys:
             self.stats_workers(""),  # 16: suffix
             self.queues,  # 17: queues seen at publish (issue 10, queues)
         ]
+
+
+@dataclass(frozen=True)
+class RedBeatKeys:
+    """celery-redbeat's keys (``redbeat/schedulers.py`` RedBeatConfig), which the
+    monitor only reads: ``{prefix}{entry name}`` is an entry's hash (fields
+    ``definition`` and ``meta``, JSON), ``{prefix}:schedule`` the zset of entry
+    keys scored by their next run (UNIX time). The default prefix is
+    ``redbeat:`` (the app's ``redbeat_key_prefix``)."""
+
+    prefix: str = "redbeat:"
+
+    def entry(self, name: str) -> str:
+        return f"{self.prefix}{name}"
+
+    @property
+    def schedule(self) -> str:
+        return f"{self.prefix}:schedule"
+
+    @property
+    def lock(self) -> str:
+        """string: held (with a TTL) by the running redbeat scheduler."""
+        return f"{self.prefix}:lock"

@@ -256,12 +256,13 @@ RETRY_FIELDS = frozenset(
 )
 #: Names an extra field cannot take: the store's, the checked ones, and those
 #: the model derives itself (worker/client from the host, the progress JSON)
-#: or that only the signal hooks may write (the real arguments a retry uses).
+#: or that only the signal hooks may write (the real arguments a retry uses, the
+#: mark of a task celery beat sent).
 _NOT_EXTRA = (
     STORE_OWNED_FIELDS
     | _ENVELOPE
     | _TASK_FIELD_CHECKS.keys()
-    | {"worker", "client", "progress", "args_json", "kwargs_json"}
+    | {"worker", "client", "progress", "args_json", "kwargs_json", "beat"}
     | RETRY_FIELDS
     | {"children", "group", "timeline"}  # what the API adds to a task
     | {EXTRAS_DROPPED, EXTRAS_MARKER}

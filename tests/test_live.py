@@ -32,10 +32,13 @@ from monitor.web.live import (
     MAX_DETAILS,
     MAX_STATES,
     MAX_VALUE,
+    ROOM_KINDS,
     Hub,
     RoomError,
     RoomIndex,
+    RoomKind,
     SnapshotCache,
+    room_arg,
     room_name,
 )
 
@@ -438,6 +441,38 @@ def test_a_push_fetches_a_bounded_number_of_task_details(settings, store):
     assert hub.schedule.states["task"]["deferred"] == set()
     rest = {to for event, to, _ in emitted.messages if event == "task"}
     assert rest == {f"task:{i}" for i in deferred}
+    hub.store.close()
+
+
+def test_a_periodic_kind_is_one_entry_pushed_every_n_seconds_while_it_has_rooms(
+    settings, store, monkeypatch
+):
+    """A kind whose data is not in the change feed (queues, charts): one table entry
+    with ``every``; its rooms get their snapshot again every N seconds, changes or not."""
+    reads = []
+
+    def snapshot(_store, arg):
+        reads.append(arg)
+        return "sample", {"queue": arg, "n": len(reads)}
+
+    kind = RoomKind(lambda p: room_arg(p, "name", "sample"), snapshot, every=3.0)
+    monkeypatch.setitem(ROOM_KINDS, "sample", kind)
+    assert room_name({"room": "sample", "name": "q1"}) == "sample:q1"
+    emitted = Emitted()
+    hub = Hub(emitted, settings)
+    index = RoomIndex(["sample:q1", "sample:q2"])
+    schedule = hub.schedule
+    assert "sample" in schedule.due(index, {"task"}, now=100.0)
+    hub._push(index, {}, set(), due=["sample"])
+    assert sorted((e, to) for e, to, _ in emitted.messages) == [
+        ("sample", "sample:q1"),
+        ("sample", "sample:q2"),
+    ]
+    # changes of the feed do not make it due; its period does
+    assert "sample" not in schedule.due(index, {"task", "worker"}, now=102.0)
+    assert "sample" in schedule.due(index, set(), now=103.5)
+    # without rooms it costs nothing
+    assert "sample" not in schedule.due(RoomIndex(["overview"]), set(), now=200.0)
     hub.store.close()
 
 

@@ -371,6 +371,9 @@ def before_task_publish(
         parent_id=info.get("parent_id"),
         group_id=group_id,
         client=headers.get("origin"),
+        # Celery beat marks what it sends (celery/beat.py Scheduler.apply_async):
+        # monitor/beat.py tells a scheduled run from a call of the same task.
+        beat="1" if headers.get("celery_beat_task") else None,
         **retry,
     )
 

@@ -6,7 +6,8 @@ endpoint inside an existing Flask application. Per-app objects (Settings, Store,
 live Hub, worker inspector, the Socket.IO server) live in
 ``app.extensions["monitor"]``. Pass your Celery app as ``celery_app=`` so
 ``/api/workers?refresh=1`` inspects workers through your broker settings
-(otherwise MONITOR_BROKER_URL, else the store's Redis, as the receiver does).
+(otherwise MONITOR_BROKER_URL, else the store's Redis, as the receiver does)
+and ``/beat`` lists its ``beat_schedule`` and celery-redbeat entries.
 
 Socket.IO: every app gets a ``SocketIO`` of its own, served at
 ``<url_prefix>/socket.io``, and a host's ``app.extensions["socketio"]`` is left
@@ -70,6 +71,8 @@ class MonitorExtension:
     users_cache: Any = None
     #: The elected jobs' runner (monitor.jobs.JobRunner), when this process runs one.
     jobs: Any = None
+    #: The user's Celery app (create_app(celery_app=...), serve -A): its beat_schedule ...
+    celery_app: Any = None
 
     @property
     def socketio_path(self) -> str:
@@ -198,6 +201,7 @@ def init_app(
     from . import security
     from .actions_api import actions_api
     from .api import api
+    from .beat_api import beat_api
     from .flower_api import flower
     from .flower_control import flower_control
     from .history_api import history_api
@@ -205,6 +209,7 @@ def init_app(
     from .metrics import metrics_bp
     from .openapi import openapi_bp
     from .queues_api import flower_queues, queues_api
+    from .task_names_api import task_names_api
 
     if settings is None:
         settings = Settings.from_env(**overrides)
@@ -222,7 +227,9 @@ def init_app(
         (bp, prefix or None),
         (api, prefix + "/api/v1"),
         (actions_api, prefix + "/api/v1"),
+        (beat_api, prefix + "/api/v1"),
         (history_api, prefix + "/api/v1"),
+        (task_names_api, prefix + "/api/v1"),
         (flower, prefix + "/api"),
         (flower_control, prefix + "/api"),
         (openapi_bp, prefix + "/api"),
@@ -266,7 +273,12 @@ def init_app(
         auth=AuthStore(store.redis, store.keys, settings),
         audit=AuditLog(store.redis, store.keys, settings),
         allowed_hosts=allowed_hosts,
+        celery_app=celery_app,
     )
     flask_app.extensions["monitor"] = ext
+    if celery_app is not None:
+        from .. import beat
+
+        beat.bind_app(settings, celery_app)  # the live "beat" room holds only a Store
     security.configure_app(flask_app, ext, _standalone)
     return flask_app

@@ -5,16 +5,18 @@ a lock). The task reads the change feed with ``XREAD BLOCK`` from ``$``,
 collects the ids of changed tasks and workers, and every
 ``Settings.push_interval`` emits at most one message per event name per room:
 
-=================  ===============================================================
-room               message
-=================  ===============================================================
-``overview``       "overview": the /api/v1/stats object
-``workers``        "workers": {"workers": [...]}
-``tasks:<json>``   "tasks": {"rows": [...]} changed rows matching the filters
-``task:<id>``      "task": {"task": detail}
-``worker:<host>``  "worker": {"worker": ..., "rows": [...]}
-``queues``         "queues": the queue sampler's last sample (monitor.queues.overview)
-=================  ===============================================================
+===================  ===============================================================
+room                 message
+===================  ===============================================================
+``overview``         "overview": the /api/v1/stats object
+``workers``          "workers": {"workers": [...]}
+``tasks:<json>``     "tasks": {"rows": [...]} changed rows matching the filters
+``task:<id>``        "task": {"task": detail}
+``worker:<host>``    "worker": {"worker": ..., "rows": [...]}
+``beat``             "beat": the /api/v1/beat object (periodic tasks)
+``history:<json>``   "history": a chart window's newest points and totals (every 5 s)
+``queues``           "queues": the queue sampler's last sample (monitor.queues.overview)
+===================  ===============================================================
 
 A room kind is one entry of :data:`ROOM_KINDS` (:class:`RoomKind`: how a
 payload names it, what a new subscriber gets at once, what a push sends and
@@ -60,7 +62,7 @@ from socketio import PubSubManager
 from ..config import Settings
 from ..lease import Lease
 from ..store import Store, redis_client
-from . import queries, queues_api
+from . import history_room, queries, queues_api
 from .visibility import visible_row
 
 logger = logging.getLogger(__name__)
@@ -85,6 +87,8 @@ BACKLOG_MAX = 20_000
 XREAD_COUNT = 5000
 #: Seconds between two pushes to a summary room (overview, workers).
 SUMMARY_INTERVAL = 1.0
+#: The beat room re-reads every entry (up to 1,000: ~0.1 s): at most this often on changes.
+BEAT_THROTTLE = 2.0
 #: Longest task id, hostname or filter value in a room name (Celery's ids are 36).
 MAX_VALUE = 255
 #: States one task-list filter may name.
@@ -109,7 +113,8 @@ class RoomRefused(RoomError):
     """A valid room that a cap keeps this connection out of."""
 
 
-def _value(payload: dict[str, Any], key: str, what: str) -> str:
+def room_arg(payload: dict[str, Any], key: str, what: str) -> str:
+    """A kind's ``parse`` helper: ``payload[key]``, a non-empty string of at most MAX_VALUE."""
     value = payload.get(key)
     if not isinstance(value, str) or not value:
         raise RoomError(f"{what} room needs a {key}")
@@ -363,6 +368,25 @@ def _push_workers(push: Push, rooms: dict[str, str], _state: dict[str, Any]) -> 
     return emit
 
 
+def _beat(store: Store, _arg: str) -> tuple[str, Any]:
+    # Shared by every client: no entry arguments for anyone when they are hidden
+    # from viewers (an operator's page reads them from the API).
+    from .. import beat
+
+    body = beat.beat_status(store, beat.app_for(store))
+    if store.settings.hide_args_from_viewers:
+        for row in body["entries"]:
+            row["args"] = row["kwargs"] = None
+    return "beat", body
+
+
+def _parse_history(payload: dict[str, Any]) -> str:
+    try:
+        return history_room.parse(payload)
+    except history_room.HistoryRoomError as exc:
+        raise RoomError(str(exc)) from None
+
+
 _NO_ARG: Callable[[dict[str, Any]], str | None] = lambda _p: None  # noqa: E731
 _TASK, _WORKER = frozenset({"task"}), frozenset({"worker"})
 
@@ -380,10 +404,13 @@ ROOM_KINDS: dict[str, RoomKind] = {
     # no snapshot: the page fetches the list
     "tasks": RoomKind(_parse_filters, push=_push_lists, index=TaskLists, on=_TASK),
     "task": RoomKind(
-        lambda p: _value(p, "id", "task"), _task, _push_details, on=_TASK, drops="task"
+        lambda p: room_arg(p, "id", "task"), _task, _push_details, on=_TASK, drops="task"
     ),
+    # periodic tasks (monitor/beat.py): new runs arrive as task changes; due and
+    # missed follow the clock, hence the refresh
+    "beat": RoomKind(_NO_ARG, _beat, on=_TASK, throttle=BEAT_THROTTLE, every=REFRESH_EVERY),
     "worker": RoomKind(
-        lambda p: _value(p, "hostname", "worker"),
+        lambda p: room_arg(p, "hostname", "worker"),
         _worker,
         _push_workers,
         on=_TASK | _WORKER,
@@ -393,6 +420,8 @@ ROOM_KINDS: dict[str, RoomKind] = {
     "queues": RoomKind(
         _NO_ARG, queues_api.room_snapshot, queues_api.room_push, every=queues_api.ROOM_EVERY
     ),
+    # periodic: the history counters are not in the change feed (monitor.web.history_room)
+    "history": RoomKind(_parse_history, history_room.snapshot, every=history_room.EVERY),
 }
 
 

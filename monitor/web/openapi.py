@@ -297,6 +297,7 @@ def spec(prefix: str = "") -> dict[str, Any]:
     from .actions_api import openapi_paths as action_paths
     from .flower_control import openapi_paths as flower_control_paths
     from .history_api import history_paths
+    from .task_names_api import openapi_paths as task_name_paths
 
     paths.update(action_paths())
     paths.update(flower_control_paths())
@@ -304,6 +305,10 @@ def spec(prefix: str = "") -> dict[str, Any]:
     from .queues_api import queues_paths
 
     paths.update(queues_paths())
+    paths.update(task_name_paths())
+    from .beat_api import beat_paths
+
+    paths.update(beat_paths())
     row_props = {name: {"type": "string"} for name in ("id", *LIST_FIELDS)}
     return {
         "openapi": "3.1.0",

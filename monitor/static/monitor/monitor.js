@@ -57,6 +57,7 @@
   }
   function taskLink(id, text) { return link("/task/" + enc(id), text || id); }
   function workerLink(host) { return link("/worker/" + enc(host), host); }
+  function taskNameLink(name) { return link("/task-name/" + enc(name), name); }
   function badge(state) {
     return h("span", {class: "badge state-" + String(state || "UNKNOWN").toLowerCase(),
                       text: state || "?"});
@@ -235,6 +236,12 @@
     rooms.push(payload);
     if (socket.connected) socket.emit("subscribe", payload);
   }
+  // Leave one room (a chart's previous window).
+  function unsubscribe(payload) {
+    var key = JSON.stringify(payload);
+    rooms = rooms.filter(function (p) { return JSON.stringify(p) !== key; });
+    if (socket.connected) socket.emit("unsubscribe", payload);
+  }
   function unsubscribeAll() {
     rooms.forEach(function (p) { if (socket.connected) socket.emit("unsubscribe", p); });
     rooms = [];
@@ -303,7 +310,7 @@
   function drawTaskRow(row) {
     var tr = h("tr", {"data-id": row.id},
       h("td", null, badge(row.state)),
-      h("td", {class: "name", text: row.name || "—"}),
+      h("td", {class: "name"}, row.name ? taskNameLink(row.name) : "—"),
       h("td", {class: "mono"}, taskLink(row.id)),
       h("td", null, row.worker ? workerLink(row.worker) : h("span", {class: "muted", text: "—"})),
       h("td", null, fmtTime(row.received || row.sent || row.timestamp)),
@@ -524,6 +531,8 @@
 
   pages.overview = function () {
     var data = null;
+    // The history charts (charts.js): made once, put back on each render.
+    var charts = window.MonitorCharts.historySection(toolkit, "History", {});
     function render() {
       if (!data) return;
       var counts = data.counts || {};
@@ -542,12 +551,6 @@
             h("span", {class: "value state-text-" + s.toLowerCase(),
                         text: fmtNum(counts[s] || 0)}));
         }));
-      var minutes = Array.isArray(data.minutes) ? data.minutes : [];
-      var throughput = minutes.map(function (m) {
-        return {minute: m.minute, value: (num(m.succeeded) || 0) + (num(m.failed) || 0)}; });
-      var failureRate = minutes.map(function (m) {
-        var done = (num(m.succeeded) || 0) + (num(m.failed) || 0);
-        return {minute: m.minute, value: done ? (num(m.failed) || 0) / done : 0}; });
       var notes = [];
       Object.keys(data.dropped || {}).forEach(function (src) {
         if (data.dropped[src]) notes.push(h("div", {class: "warn-note",
@@ -557,24 +560,17 @@
       if (data.malformed) notes.push(h("div", {class: "warn-note",
         text: fmtNum(data.malformed) + " malformed events skipped"}));
       clear(main);
-      append(main, [h("h1", {text: "Overview"}), notes, cards,
-        h("div", {class: "two"},
-          section("Throughput (tasks finished per minute, last hour)",
-            barChart(throughput, {cls: "bar-ok", label: "throughput"})),
-          section("Failure rate (per minute, last hour)",
-            barChart(failureRate, {cls: "bar-bad", min: 0.01, label: "failure rate",
-              format: function (v) { return Math.round(v * 100) + " %"; }}))),
+      append(main, [h("h1", {text: "Overview"}), notes, cards, charts.el,
         h("div", {class: "two"},
           section("Slowest task names (average runtime)", slowest.length ?
             table(["Name", "Average", "Runs"], slowest.map(function (r) {
-              return h("tr", null, h("td", null, link("/tasks?name=" + enc(r.name),
-                r.name)), h("td", {class: "num", text: fmtDuration(r.avg_runtime)}),
+              return h("tr", null, h("td", null, taskNameLink(r.name)),
+                h("td", {class: "num", text: fmtDuration(r.avg_runtime)}),
                 h("td", {class: "num", text: fmtNum(r.count)}));
             })) : h("p", {class: "muted", text: "No finished tasks in the last hour."})),
           section("Most failing task names", failing.length ?
             table(["Name", "Failures"], failing.map(function (r) {
-              return h("tr", null, h("td", null, link("/tasks?state=FAILURE&name=" +
-                enc(r.name), r.name)),
+              return h("tr", null, h("td", null, taskNameLink(r.name)),
                 h("td", {class: "num", text: fmtNum(r.failures)}));
             })) : h("p", {class: "muted", text: "No failures in the last hour."})))]);
     }
@@ -583,7 +579,7 @@
         .catch(function (e) { clear(main); append(main, errorBox(e)); });
     }
     on("overview", function (d) { data = d; schedule(render); });
-    handlers.refresh = load;
+    handlers.refresh = function () { load(); charts.load(); };  // pushes were missed
     subscribe({room: "overview"});
     load();
   };
@@ -849,7 +845,8 @@
         });
       clear(top);
       append(top, [
-        h("div", {class: "title-row"}, h("h1", {class: "name", text: task.name || "unknown task"}),
+        h("div", {class: "title-row"}, h("h1", {class: "name"}, task.name ?
+          taskNameLink(task.name) : "unknown task"),
           badge(task.state), lost),
         h("p", {class: "mono muted", text: id}), lineage(task)]);
       clear(body);
@@ -1262,8 +1259,9 @@
       schedule(render);
     });
     clear(main);
-    append(main, [head, refusalLine(), queuesHolder, controls, tasksHolder]);
-    handlers.refresh = load;
+    var charts = window.MonitorCharts.historySection(toolkit, "History", {worker: host});
+    append(main, [head, refusalLine(), charts.el, queuesHolder, controls, tasksHolder]);
+    handlers.refresh = function () { load(); charts.load(); };  // pushes were missed
     subscribe({room: "worker", hostname: host});
     load();
     if (CAN_ACT) {
@@ -1621,10 +1619,12 @@
   // window.MonitorPages[<page>]; it gets this toolkit, the same helpers the
   // pages above use, so no page reimplements escaping, time formats or rooms.
   var toolkit = {CFG: CFG, main: main, h: h, append: append, clear: clear, link: link,
-    enc: enc, taskLink: taskLink, workerLink: workerLink, badge: badge, num: num, raw: raw,
+    enc: enc, taskLink: taskLink, workerLink: workerLink, taskNameLink: taskNameLink,
+    badge: badge, num: num, raw: raw,
     fmtNum: fmtNum, fmtTime: fmtTime, fmtDuration: fmtDuration, fmtDelta: fmtDelta, ago: ago,
     agoEl: agoEl, qs: qs, getJSON: getJSON, api: api, post: post, pretty: pretty,
-    errorBox: errorBox, schedule: schedule, subscribe: subscribe, on: on, handlers: handlers,
+    errorBox: errorBox, schedule: schedule, subscribe: subscribe, unsubscribe: unsubscribe,
+    on: on, handlers: handlers,
     table: table, kv: kv, section: section, safeRow: safeRow, taskRow: taskRow,
     TASK_COLUMNS: TASK_COLUMNS, button: button, confirmAction: confirmAction,
     repliesView: repliesView, field: field, numberOr: numberOr, refusalLine: refusalLine,
