@@ -504,3 +504,20 @@ def test_oldest_age_of_an_eta_message_without_a_stored_task(broker_redis, store,
     # before its eta it has not waited yet
     early = queues.broker_sample(store, app, settings, now=eta.timestamp() - 60)
     assert early["queues"][queue]["oldest_age"] == 0.0
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        ("MONITOR_QUEUES_INTERVAL", "0.01"),
+        ("MONITOR_QUEUES_INTERVAL", "nan"),
+        ("MONITOR_QUEUES_MAX", "0"),
+        ("MONITOR_QUEUES_HISTORY_MAX", "-1"),
+        ("MONITOR_BROKER_API", "ftp://x"),
+    ],
+)
+def test_bad_queue_settings_fail_at_start_naming_them(name, value):
+    from monitor.config import ConfigError, Settings
+
+    with pytest.raises(ConfigError, match=name):
+        Settings.from_env({name: value})
