@@ -48,6 +48,7 @@ from typing import Any
 
 import redis
 
+from .config import mask_url
 from .jobs import Job, JobContext
 
 logger = logging.getLogger(__name__)
@@ -495,9 +496,10 @@ def broker_sample(
                 try:
                     management = management_queues(api_url, vhost)
                 except (OSError, ValueError, QueueError) as exc:
-                    error = f"management API: {type(exc).__name__}: {exc}"
+                    error = f"management API: {type(exc).__name__}: {mask_url(str(exc))}"
         except Exception as exc:  # noqa: BLE001 - transport-specific errors
-            error = f"broker: {type(exc).__name__}: {exc}"
+            # the page and the API show it: no URL password in it
+            error = f"broker: {type(exc).__name__}: {mask_url(str(exc))}"
     sent = _sent_times(store, (t for rows in tails.values() for t, _eta in rows))
     pending = oldest_pending(store)
     rows: dict[str, Any] = {}
