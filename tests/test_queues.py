@@ -16,7 +16,7 @@ from celery import Celery
 import monitor.signals
 from monitor import queues
 from monitor.jobs import JobRunner
-from monitor.model import TaskEvent
+from monitor.model import TaskEvent, WorkerEvent
 
 from .helpers import REDIS_URL, RabbitMQNode, RedisServer, free_port, port_open, wait_for
 
@@ -521,3 +521,33 @@ def test_bad_queue_settings_fail_at_start_naming_them(name, value):
 
     with pytest.raises(ConfigError, match=name):
         Settings.from_env({name: value})
+
+
+def test_known_queues_from_app_workers_and_publishes(store):
+    from kombu import Queue
+
+    app = Celery("qt-known")
+    app.conf.task_queues = [Queue("reports"), Queue("x" * 300)]  # too long: left out
+    app.conf.task_default_queue = "default-q"
+    now = time.time()
+    store.apply(
+        [
+            # hooks' worker_ready queues; a worker gone offline consumes nothing
+            WorkerEvent("w1@h", "online", now, "signal", {"queues": ["hooked", "reports"]}),
+            WorkerEvent("w2@h", "offline", now, "signal", {"queues": ["ghost"]}),
+            WorkerEvent("w3@h", "online", now, "event", {}),
+        ]
+    )
+    store.redis.zadd(store.keys.queues, {"published": now, "\x00bad": now})
+    inspected = {"w3@h": {"active_queues": [{"name": "added-later"}, {"name": 7}, "junk"]}}
+    seen, consumers = queues.known_queues(store, app, inspected, limit=100)
+    assert seen == {
+        "reports": ["app", "workers"],
+        "default-q": ["app"],
+        "added-later": ["workers"],
+        "hooked": ["workers"],
+        "published": ["publish"],
+    }
+    assert consumers == {"hooked": {"w1@h"}, "reports": {"w1@h"}, "added-later": {"w3@h"}}
+    seen, _ = queues.known_queues(store, app, inspected, limit=2)
+    assert list(seen) == ["reports", "default-q"]  # the app's first
