@@ -157,6 +157,46 @@ class Keys:
         for one queue (7 days, a capped number of queues)."""
         return f"{self.prefix}:queue:{queue}:history"
 
+    # -- alerts (monitor/alerts.py, issue 10) ------------------------------------
+    @property
+    def alert_rules(self) -> str:
+        """hash: rule name -> JSON rule (the rules operators made in the UI)."""
+        return f"{self.prefix}:alerts:rules"
+
+    @property
+    def alert_cursor(self) -> str:
+        """string: id of the last change feed entry the alert evaluator read."""
+        return f"{self.prefix}:alerts:cursor"
+
+    def alert_dedup(self, rule: str, digest: str) -> str:
+        """string (TTL = the rule's dedup window): an event alert (rule + subject
+        digest) was sent; another one within the window is not."""
+        return f"{self.prefix}:alerts:dedup:{rule}:{digest}"
+
+    def alert_active(self, rule: str) -> str:
+        """hash: subject -> JSON {since, sent} of a condition rule's firing subjects."""
+        return f"{self.prefix}:alerts:active:{rule}"
+
+    @property
+    def alert_pending(self) -> str:
+        """zset: delivery id -> time of its next attempt."""
+        return f"{self.prefix}:alerts:pending"
+
+    @property
+    def alert_deliveries(self) -> str:
+        """hash: delivery id -> JSON alert with its webhook and attempts (pending ones)."""
+        return f"{self.prefix}:alerts:deliveries"
+
+    @property
+    def alert_log(self) -> str:
+        """stream (MAXLEN ~): one entry per alert whose delivery ended (sent, failed, dropped)."""
+        return f"{self.prefix}:alerts:log"
+
+    @property
+    def alert_status(self) -> str:
+        """hash: the evaluator's last run (time, rules, per-rule problems)."""
+        return f"{self.prefix}:alerts:status"
+
     def beat_script_keys(self, names: list[str]) -> list[str]:
         """KEYS for ``beat_runs.lua``: task hash prefix, tasks zset, one name index per name."""
         return [self.task(""), self.tasks, *(self.by_name(name) for name in names)]

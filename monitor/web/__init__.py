@@ -200,6 +200,7 @@ def init_app(
     """
     from . import security
     from .actions_api import actions_api
+    from .alerts_api import alerts_api
     from .api import api
     from .beat_api import beat_api
     from .flower_api import flower
@@ -230,6 +231,7 @@ def init_app(
         (beat_api, prefix + "/api/v1"),
         (history_api, prefix + "/api/v1"),
         (task_names_api, prefix + "/api/v1"),
+        (alerts_api, prefix + "/api/v1"),
         (flower, prefix + "/api"),
         (flower_control, prefix + "/api"),
         (openapi_bp, prefix + "/api"),

@@ -16,6 +16,7 @@ room                 message
 ``beat``             "beat": the /api/v1/beat object (periodic tasks)
 ``history:<json>``   "history": a chart window's newest points and totals (every 5 s)
 ``queues``           "queues": the queue sampler's last sample (monitor.queues.overview)
+``alerts``           "alerts": sent log, pending deliveries, firing subjects, status
 ===================  ===============================================================
 
 A room kind is one entry of :data:`ROOM_KINDS` (:class:`RoomKind`: how a
@@ -87,6 +88,8 @@ BACKLOG_MAX = 20_000
 XREAD_COUNT = 5000
 #: Seconds between two pushes to a summary room (overview, workers).
 SUMMARY_INTERVAL = 1.0
+#: Seconds between two pushes of the alerts room.
+ALERTS_EVERY = 2.0
 #: The beat room re-reads every entry (up to 1,000: ~0.1 s): at most this often on changes.
 BEAT_THROTTLE = 2.0
 #: Longest task id, hostname or filter value in a room name (Celery's ids are 36).
@@ -368,6 +371,12 @@ def _push_workers(push: Push, rooms: dict[str, str], _state: dict[str, Any]) -> 
     return emit
 
 
+def _alerts(store: Store, _arg: str) -> tuple[str, Any]:
+    from .. import alerts  # the alerts module owns its reads
+
+    return "alerts", alerts.live_snapshot(store)
+
+
 def _beat(store: Store, _arg: str) -> tuple[str, Any]:
     # Shared by every client: no entry arguments for anyone when they are hidden
     # from viewers (an operator's page reads them from the API).
@@ -422,6 +431,9 @@ ROOM_KINDS: dict[str, RoomKind] = {
     ),
     # periodic: the history counters are not in the change feed (monitor.web.history_room)
     "history": RoomKind(_parse_history, history_room.snapshot, every=history_room.EVERY),
+    # alerts are not in the change feed: the sent log, pending deliveries and
+    # firing subjects, every ALERTS_EVERY seconds (viewer-safe: webhooks masked)
+    "alerts": RoomKind(_NO_ARG, _alerts, every=ALERTS_EVERY),
 }
 
 

@@ -295,6 +295,7 @@ def spec(prefix: str = "") -> dict[str, Any]:
     }
     # The action endpoints document themselves (monitor.web.actions_api, flower_control).
     from .actions_api import openapi_paths as action_paths
+    from .alerts_api import alerts_paths
     from .flower_control import openapi_paths as flower_control_paths
     from .history_api import history_paths
     from .task_names_api import openapi_paths as task_name_paths
@@ -302,10 +303,11 @@ def spec(prefix: str = "") -> dict[str, Any]:
     paths.update(action_paths())
     paths.update(flower_control_paths())
     paths.update(history_paths())
+    paths.update(task_name_paths())
     from .queues_api import queues_paths
 
     paths.update(queues_paths())
-    paths.update(task_name_paths())
+    paths.update(alerts_paths())
     from .beat_api import beat_paths
 
     paths.update(beat_paths())

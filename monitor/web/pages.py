@@ -113,6 +113,13 @@ def queues() -> str:
     return _page("queues", "Queues", scripts=("pages/queues.js",))
 
 
+@bp.get("/alerts")
+def alerts() -> str:
+    """Alert rules, what fires now, pending deliveries and the sent log (viewers read,
+    operators edit the UI's rules)."""
+    return _page("alerts", "Alerts", scripts=("pages/alerts.js",))
+
+
 @bp.get("/beat")
 def beat() -> str:
     """Periodic tasks: beat_schedule and redbeat entries, last and next runs, missed ones."""
