@@ -8,7 +8,9 @@ sample (median, worst), the broker's Redis CPU per sample (``INFO
 commandstats`` usec of EVALSHA, which includes the LLEN/LINDEX inside) and the
 commands per sample.
 
-    python -m bench.bench_queues [--queues 1000] [--steps 4] [--rounds 20]
+    python -m bench.bench_queues [--queues 1000] [--steps 4] [--rounds 20] [--amqp]
+
+``--amqp``: the same on a private RabbitMQ node (passive declares on one channel).
 """
 
 from __future__ import annotations
@@ -29,7 +31,11 @@ def main() -> None:
     parser.add_argument("--queues", type=int, default=1000)
     parser.add_argument("--steps", type=int, default=4)
     parser.add_argument("--rounds", type=int, default=20)
+    parser.add_argument("--amqp", action="store_true", help="a private RabbitMQ node instead")
     args = parser.parse_args()
+    if args.amqp:
+        amqp_bench(args)
+        return
     server = RedisServer().start()
     try:
         steps = [round(i * 9 / max(args.steps - 1, 1)) for i in range(args.steps)]
@@ -65,6 +71,33 @@ def main() -> None:
         )
     finally:
         server.stop()
+
+
+def amqp_bench(args: argparse.Namespace) -> None:
+    from tests.helpers import RabbitMQNode
+
+    node = RabbitMQNode().start()
+    try:
+        app = Celery("bench", broker=node.url)
+        names = [f"bench-q-{i}" for i in range(args.queues)]
+        with app.producer_or_acquire() as producer:
+            for i, name in enumerate(names):
+                for _ in range(i % 3 or 1):
+                    app.send_task("bench.nobody", queue=name, producer=producer)
+        times = []
+        with app.connection_for_read() as conn:
+            for _ in range(args.rounds):
+                start = time.perf_counter()
+                got = queues.declare_depths(conn, names)
+                times.append(time.perf_counter() - start)
+        assert len(got) == len(names), "the budget ran out"
+        print(f"{args.queues} AMQP queues, {args.rounds} samples (passive declares, one channel)")
+        print(
+            f"wall per sample: median {statistics.median(times) * 1000:.1f} ms,"
+            f" worst {max(times) * 1000:.1f} ms"
+        )
+    finally:
+        node.stop()
 
 
 if __name__ == "__main__":

@@ -122,11 +122,22 @@ class Secret(str):
         return "'***'"
 
 
+<<<<<<< HEAD
 def _finite_non_negative(text: str) -> float:
     value = float(text)
     if not 0.0 <= value < math.inf:  # also refuses NaN
         raise ValueError(f"must be a finite number >= 0, got {text!r}")
     return value
+=======
+def _float_range(low: float, high: float) -> Callable[[str], float]:
+    def parse(text: str) -> float:
+        value = float(text)
+        if not low <= value <= high:  # also refuses NaN
+            raise ValueError(f"must be between {low:g} and {high:g}, got {text!r}")
+        return value
+
+    return parse
+>>>>>>> main
 
 
 def _finite_positive(text: str) -> float:
@@ -361,7 +372,7 @@ class Settings:
     # -- queues (issue 10)
     queues_interval: float = _setting(
         10.0,
-        _finite_positive,
+        _float_range(0.5, 86400.0),  # one sample reads up to queues_max queues
         "seconds between two samples of every known queue's depth, consumers and oldest "
         "message (one elected serve process samples)",
     )

@@ -34,6 +34,8 @@ None when nothing could tell it.
 from __future__ import annotations
 
 import base64
+import datetime
+import hashlib
 import json
 import logging
 import math
@@ -46,6 +48,7 @@ from typing import Any
 
 import redis
 
+from .config import mask_url
 from .jobs import Job, JobContext
 
 logger = logging.getLogger(__name__)
@@ -214,13 +217,8 @@ def redis_sub_queues(queue: str, steps: Sequence[int], sep: str, keyprefix: str)
     return keys
 
 
-def _sha1(text: str) -> str:
-    import hashlib
-
-    return hashlib.sha1(text.encode()).hexdigest()
-
-
-DEPTH_SHA = _sha1(DEPTH_SCRIPT)
+#: EVALSHA names the script; it is loaded only when the broker's Redis lacks it.
+DEPTH_SHA = hashlib.sha1(DEPTH_SCRIPT.encode()).hexdigest()
 
 
 def redis_depths(
@@ -436,6 +434,19 @@ def oldest_pending(store: Any, scan: int = PENDING_SCAN) -> dict[str, float]:
     return out
 
 
+def _eta_time(eta: str | None) -> float | None:
+    """An ISO 8601 eta header as epoch seconds (naive: UTC, as Celery sends it)."""
+    if not eta or len(eta) > 64:
+        return None
+    try:
+        when = datetime.datetime.fromisoformat(eta)
+    except ValueError:
+        return None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=datetime.UTC)
+    return _float(when.timestamp())
+
+
 def _float(value: Any) -> float | None:
     try:
         x = float(value)
@@ -485,9 +496,10 @@ def broker_sample(
                 try:
                     management = management_queues(api_url, vhost)
                 except (OSError, ValueError, QueueError) as exc:
-                    error = f"management API: {type(exc).__name__}: {exc}"
+                    error = f"management API: {type(exc).__name__}: {mask_url(str(exc))}"
         except Exception as exc:  # noqa: BLE001 - transport-specific errors
-            error = f"broker: {type(exc).__name__}: {exc}"
+            # the page and the API show it: no URL password in it
+            error = f"broker: {type(exc).__name__}: {mask_url(str(exc))}"
     sent = _sent_times(store, (t for rows in tails.values() for t, _eta in rows))
     pending = oldest_pending(store)
     rows: dict[str, Any] = {}
@@ -504,7 +516,13 @@ def broker_sample(
             consumers = len(workers.get(name, ()))
             sources["consumers"] = "workers"
         oldest_age = None
-        dated = [sent[t] for t, _eta in tails.get(name, ()) if t in sent]
+        # A message is dated by its task's sent time, else by its eta (runnable
+        # since then): an ETA message's wait starts when it may run.
+        dated = [
+            sent[t] if t in sent else when
+            for t, eta in tails.get(name, ())
+            if t in sent or (when := _eta_time(eta)) is not None
+        ]
         if dated:
             oldest_age = max(0.0, now - min(dated))
             sources["oldest_age"] = "broker"

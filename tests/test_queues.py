@@ -16,7 +16,7 @@ from celery import Celery
 import monitor.signals
 from monitor import queues
 from monitor.jobs import JobRunner
-from monitor.model import TaskEvent
+from monitor.model import TaskEvent, WorkerEvent
 
 from .helpers import REDIS_URL, RabbitMQNode, RedisServer, free_port, port_open, wait_for
 
@@ -444,3 +444,110 @@ def test_a_routing_key_naming_another_kind_of_key_costs_only_its_queue(broker_re
     assert got[f"junk-{uid}"] == {"depth": 3, "tails": []}  # undecodable messages: no id
     assert got[f"fine-{uid}"]["depth"] == 1 and len(got[f"fine-{uid}"]["tails"]) == 1
     assert queues.queue_depth(app, f"hash-{uid}") is None
+
+
+def test_queues_room_gets_the_sample_and_pushes_only_new_ones(app, store, settings):
+    from monitor.web import queues_api
+
+    sample = {"sampled_at": 100.0, "broker": "redis", "error": None, "queues": {}}
+    sample["queues"]["q"] = {
+        "name": "q",
+        "depth": 3,
+        "consumers": 0,
+        "oldest_age": None,
+        "sampled_at": 100.0,
+        "broker": "redis",
+        "seen": ["publish"],
+        "sources": {},
+    }
+    queues.store_sample(store, sample, settings)
+    sio = app.extensions["monitor"].socketio
+    client = sio.test_client(app)
+    try:
+        ack = client.emit("subscribe", {"room": "queues"}, callback=True)
+        assert ack == {"ok": True, "room": "queues"}
+        first = [m["args"][0] for m in client.get_received() if m["name"] == "queues"]
+        assert first[0]["queues"][0]["depth"] == 3
+    finally:
+        client.disconnect()
+
+    class Push:
+        def __init__(self):
+            self.store, self.sent = store, []
+
+        def emit(self, event, data, room):
+            self.sent.append((event, data["queues"][0]["depth"], room))
+
+    push, state = Push(), {}
+    queues_api.room_push(push, {None: "queues"}, state)()
+    assert queues_api.room_push(push, {None: "queues"}, state) is None  # nothing new
+    sample["sampled_at"] = 110.0
+    sample["queues"]["q"]["depth"] = 5
+    queues.store_sample(store, sample, settings)
+    queues_api.room_push(push, {None: "queues"}, state)()
+    assert push.sent == [("queues", 3, "queues"), ("queues", 5, "queues")]
+
+
+def test_oldest_age_of_an_eta_message_without_a_stored_task(broker_redis, store, settings):
+    """No publish hook in the producer: the message's eta dates it (runnable since)."""
+    import datetime
+
+    app = redis_app(broker_redis.url)
+    queue = f"eta-{uuid.uuid4().hex[:8]}"
+    eta = datetime.datetime(2030, 1, 1, 12, 0, 0, tzinfo=datetime.UTC)
+    app.send_task(NOBODY, queue=queue, eta=eta)
+    store.redis.zadd(store.keys.queues, {queue: time.time()})
+    sample = queues.broker_sample(store, app, settings, now=eta.timestamp() + 90)
+    row = sample["queues"][queue]
+    assert row["depth"] == 1
+    assert row["oldest_age"] == pytest.approx(90.0) and row["sources"]["oldest_age"] == "broker"
+    # before its eta it has not waited yet
+    early = queues.broker_sample(store, app, settings, now=eta.timestamp() - 60)
+    assert early["queues"][queue]["oldest_age"] == 0.0
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        ("MONITOR_QUEUES_INTERVAL", "0.01"),
+        ("MONITOR_QUEUES_INTERVAL", "nan"),
+        ("MONITOR_QUEUES_MAX", "0"),
+        ("MONITOR_QUEUES_HISTORY_MAX", "-1"),
+        ("MONITOR_BROKER_API", "ftp://x"),
+    ],
+)
+def test_bad_queue_settings_fail_at_start_naming_them(name, value):
+    from monitor.config import ConfigError, Settings
+
+    with pytest.raises(ConfigError, match=name):
+        Settings.from_env({name: value})
+
+
+def test_known_queues_from_app_workers_and_publishes(store):
+    from kombu import Queue
+
+    app = Celery("qt-known")
+    app.conf.task_queues = [Queue("reports"), Queue("x" * 300)]  # too long: left out
+    app.conf.task_default_queue = "default-q"
+    now = time.time()
+    store.apply(
+        [
+            # hooks' worker_ready queues; a worker gone offline consumes nothing
+            WorkerEvent("w1@h", "online", now, "signal", {"queues": ["hooked", "reports"]}),
+            WorkerEvent("w2@h", "offline", now, "signal", {"queues": ["ghost"]}),
+            WorkerEvent("w3@h", "online", now, "event", {}),
+        ]
+    )
+    store.redis.zadd(store.keys.queues, {"published": now, "\x00bad": now})
+    inspected = {"w3@h": {"active_queues": [{"name": "added-later"}, {"name": 7}, "junk"]}}
+    seen, consumers = queues.known_queues(store, app, inspected, limit=100)
+    assert seen == {
+        "reports": ["app", "workers"],
+        "default-q": ["app"],
+        "added-later": ["workers"],
+        "hooked": ["workers"],
+        "published": ["publish"],
+    }
+    assert consumers == {"hooked": {"w1@h"}, "reports": {"w1@h"}, "added-later": {"w3@h"}}
+    seen, _ = queues.known_queues(store, app, inspected, limit=2)
+    assert list(seen) == ["reports", "default-q"]  # the app's first

@@ -138,6 +138,12 @@ def test_queues_page_in_chromium(cluster):
             page.locator("text=tests.workerapp.add").first.wait_for(timeout=10_000)
             SHOT.parent.mkdir(parents=True, exist_ok=True)
             page.screenshot(path=str(SHOT), full_page=True)
+            # live: three more messages reach the row without a reload (the room's push)
+            producer = Celery("producer", broker=cluster["broker"].url)
+            for _ in range(3):
+                producer.send_task("tests.workerapp.add", (0, 0), queue=idle)
+            row.locator("td.depth", has_text="15").wait_for(timeout=15_000)
+            assert page.evaluate("performance.getEntriesByType('navigation').length") == 1
             assert page.evaluate("window.__csp") == []
             assert errors == []
         finally:
@@ -174,9 +180,11 @@ def test_operator_purges_a_queue_from_the_page(cluster):
             page.click("form.login button[type=submit]")
             page.locator(f'button[data-purge="{idle}"]').click()
             dialog = page.locator("dialog[open]")
-            dialog.locator("text=It holds 12 messages now.").wait_for(timeout=10_000)
+            waiting = sum(independent.llen(k) for k in independent.scan_iter(idle + "*"))
+            assert waiting == 15
+            dialog.locator("text=It holds 15 messages now.").wait_for(timeout=10_000)
             dialog.locator("button[data-confirm]").click()
-            dialog.locator("text=Purged 12 of 12 messages").wait_for(timeout=10_000)
+            dialog.locator("text=Purged 15 of 15 messages").wait_for(timeout=10_000)
             assert sum(independent.llen(k) for k in independent.scan_iter(idle + "*")) == 0
             assert errors == []
         finally:

@@ -15,6 +15,7 @@ room                 message
 ``worker:<host>``    "worker": {"worker": ..., "rows": [...]}
 ``beat``             "beat": the /api/v1/beat object (periodic tasks)
 ``history:<json>``   "history": a chart window's newest points and totals (every 5 s)
+``queues``           "queues": the queue sampler's last sample (monitor.queues.overview)
 ``alerts``           "alerts": sent log, pending deliveries, firing subjects, status
 ===================  ===============================================================
 
@@ -63,7 +64,7 @@ from .. import lost
 from ..config import Settings
 from ..lease import Lease
 from ..store import Store, redis_client
-from . import history_room, queries
+from . import history_room, queries, queues_api
 from .visibility import visible_row
 
 logger = logging.getLogger(__name__)
@@ -426,6 +427,10 @@ ROOM_KINDS: dict[str, RoomKind] = {
         _push_workers,
         on=_TASK | _WORKER,
         drops="worker",
+    ),
+    # every known queue, pushed when the elected sampler stored a new sample (issue 10)
+    "queues": RoomKind(
+        _NO_ARG, queues_api.room_snapshot, queues_api.room_push, every=queues_api.ROOM_EVERY
     ),
     # periodic: the history counters are not in the change feed (monitor.web.history_room)
     "history": RoomKind(_parse_history, history_room.snapshot, every=history_room.EVERY),

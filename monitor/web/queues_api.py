@@ -105,6 +105,30 @@ def flower_queue_length() -> Any:
     )
 
 
+# -- the live room (monitor.web.live.ROOM_KINDS["queues"]) ------------------------------
+#: Seconds between two looks at the stored sample while the room has subscribers.
+ROOM_EVERY = 2.0
+
+
+def room_snapshot(store: Any, _arg: Any) -> tuple[str, Any]:
+    """A new subscriber's first message: the last sample, as the page draws it."""
+    return "queues", queues.overview(store, store.settings)
+
+
+def room_push(push: Any, rooms: dict[Any, str], state: dict[str, Any]) -> Any:
+    """Every ROOM_EVERY seconds: the sample again if the sampler stored a new one."""
+    body = queues.overview(push.store, push.store.settings)
+    if body["sampled_at"] is None or body["sampled_at"] == state.get("sampled_at"):
+        return None
+    state["sampled_at"] = body["sampled_at"]
+
+    def emit() -> None:
+        for room in rooms.values():
+            push.emit("queues", body, room)
+
+    return emit
+
+
 def queues_paths() -> dict[str, Any]:
     """OpenAPI 3 path entries of this module's endpoints (merged into /api/openapi.json)."""
     from .actions_api import json_response, operation, path_param

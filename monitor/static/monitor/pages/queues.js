@@ -136,6 +136,11 @@
       "No sample yet: the sampler runs in one serve process every " +
         M.fmtDuration(d.interval) + "."));
     if (d.error) M.append(main, h("div", {class: "warn-note", text: String(d.error)}));
+    var age = M.num(d.sampled_at) === null ? null : Date.now() / 1000 - M.num(d.sampled_at);
+    if (age !== null && age > 3 * (M.num(d.interval) || 10) + 5) {
+      M.append(main, h("div", {class: "warn-note stale", text: "This sample is " +
+        M.fmtDuration(age) + " old: the sampler has stopped (is a serve process running?)."}));
+    }
     M.append(main, M.refusalLine());
     var columns = ["Queue", "Depth", "Consumers", "Oldest message", "Seen via", "Sources"];
     if (M.CAN_ACT) columns.push("");
