@@ -122,13 +122,13 @@ class Secret(str):
         return "'***'"
 
 
-<<<<<<< HEAD
 def _finite_non_negative(text: str) -> float:
     value = float(text)
     if not 0.0 <= value < math.inf:  # also refuses NaN
         raise ValueError(f"must be a finite number >= 0, got {text!r}")
     return value
-=======
+
+
 def _float_range(low: float, high: float) -> Callable[[str], float]:
     def parse(text: str) -> float:
         value = float(text)
@@ -137,7 +137,6 @@ def _float_range(low: float, high: float) -> Callable[[str], float]:
         return value
 
     return parse
->>>>>>> main
 
 
 def _finite_positive(text: str) -> float:
