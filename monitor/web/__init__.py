@@ -35,6 +35,7 @@ from flask_socketio import SocketIO
 from ..audit import AuditLog
 from ..auth import AuthStore, default_allowed_hosts
 from ..config import Settings
+from ..jobs import Job, JobRunner
 from ..store import Store
 from .blueprint import bp
 from .inspect import WorkerInspector
@@ -179,6 +180,13 @@ def _drop_messages_once_closed(server: Any) -> None:
     eio.on("message", message)
 
 
+def cluster_jobs(settings: Settings) -> list[Job]:
+    """Every elected job: the queue sampler, the alert evaluator, the reconciler."""
+    from .. import alerts, lost, queues
+
+    return [*queues.jobs(settings), *alerts.jobs(settings), *lost.jobs(settings)]
+
+
 def init_app(
     flask_app: Flask,
     url_prefix: str = "/monitor",
@@ -186,6 +194,7 @@ def init_app(
     message_queue: str | None = None,
     celery_app: Any = None,
     socketio: SocketIO | None = None,
+    run_jobs: bool = False,
     _standalone: bool = False,
     **overrides: Any,
 ) -> Flask:
@@ -195,6 +204,9 @@ def init_app(
     this call); the monitor then registers its handlers in the ``/monitor``
     namespace and ``message_queue`` is the host's business. Without it the
     monitor runs a Socket.IO server of its own at ``<url_prefix>/socket.io``.
+    ``run_jobs``: run the elected jobs (queue sampler, alert evaluator,
+    reconciler) in this process too; ``monitor serve`` always does, and one
+    process per cluster is enough.
     ``overrides`` are Settings fields (``redis_url=...``, ``prefix=...``) applied
     on top of ``settings`` (or of the MONITOR_* environment).
     """
@@ -279,6 +291,15 @@ def init_app(
         allowed_hosts=allowed_hosts,
         celery_app=celery_app,
     )
+    # The elected jobs (monitor.jobs), each run by whichever process holds its
+    # lease: `monitor serve` starts them; an embedded dashboard with run_jobs=True
+    # starts them with its live tailer (its first Socket.IO connection, so after
+    # any fork of a pre-forking server).
+    ext.jobs = JobRunner(
+        store, settings, cluster_jobs(settings), celery_app, spawn=sio.start_background_task
+    )
+    if run_jobs:
+        hub.companions.append(ext.jobs)
     flask_app.extensions["monitor"] = ext
     if celery_app is not None:
         from .. import beat

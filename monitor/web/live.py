@@ -825,6 +825,10 @@ class Hub:
         self._lock = threading.Lock()
         self._started = False
         self._stop = threading.Event()
+        #: started with the tailer (the elected jobs): at serve's start, or when an
+        #: embedded dashboard gets its first Socket.IO connection (after any fork)
+        #: (objects with start() and stop(); stopped with the hub)
+        self.companions: list[Any] = []
         self._index = RoomIndex([])
         self.pushes = 0
 
@@ -869,10 +873,14 @@ class Hub:
                 return
             self._started = True
         self.socketio.start_background_task(self._run)
+        for companion in self.companions:
+            companion.start()
 
     def stop(self) -> None:
         self._stop.set()
         self._release_leader()
+        for companion in self.companions:
+            companion.stop()
 
     def _release_leader(self) -> None:
         if self.shared:
