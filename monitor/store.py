@@ -342,6 +342,14 @@ class Store:
                     "hn": _seconds(s.stats_scoped_hours_ttl),
                 },
                 "cap": {"mn": STATS_FIELDS, "hn": STATS_HOUR_FIELDS},
+                "mt": vocabulary.metrics_spelling(),
+                "mcap": {
+                    "name": s.metrics_max_names,
+                    "hostname": s.metrics_max_hostnames,
+                    "queue": s.metrics_max_queues,
+                    "exception": s.metrics_max_exceptions,
+                    "series": s.metrics_max_series,
+                },
                 "max_queues": MAX_QUEUES_SEEN,  # issue 10, queues
             }
         )
