@@ -454,6 +454,15 @@ local function apply_task(rec)
       if fills[k] == nil then fills[k] = v end
     end
   end
+  -- The queue: the publish's report (PENDING) names it and wins; any other
+  -- report only fills it in (a worker's RECEIVED names the routing key the
+  -- message came by), so every arrival order stores the same queue.
+  if state == 'PENDING' then
+    local q = f.queue or (fill and fill.queue)
+    if q then f.queue = q end
+  elseif f.queue and t.queue then
+    f.queue = nil
+  end
   if f.retries then
     -- Attempts only go forward: a late report of an earlier attempt (or the
     -- RETRY signal naming the attempt that failed) must not move it back.

@@ -397,6 +397,9 @@ def task_received(request: Any = None, **kwargs: Any) -> None:
         parent_id=request.parent_id,
         group_id=info.get("group"),
         worker=request.hostname,
+        # the routing key it came by: the queue until the publish's report names it
+        # (the store lets that one win), so the worker's counts have a queue at once
+        queue=(getattr(request, "delivery_info", None) or {}).get("routing_key"),
     )
 
 
