@@ -50,6 +50,7 @@ from .config import Settings
 from .model import TaskEvent, brief
 from .signals.handlers import REGENERATED_HEADERS
 from .store import MAX_KEY_PART, Store
+from .vocabulary import RETRIABLE_STATES, UNFINISHED_STATES
 
 logger = logging.getLogger(__name__)
 
@@ -78,11 +79,6 @@ BULK_CHUNK = 500
 #: A bulk run reports progress after this many tasks.
 PROGRESS_EVERY = 25
 
-#: States a task can be retried from.
-RETRIABLE_STATES = ("FAILURE", "REVOKED", "REJECTED")
-#: States a bulk revoke selects when the filter names none: revoking a finished
-#: task only fills the workers' revoked lists.
-UNFINISHED_STATES = ("PENDING", "RECEIVED", "STARTED", "RETRY")
 #: Signals a terminate may send (Flower's choice: any; these are the ones that mean something).
 TERMINATE_SIGNALS = (
     "SIGTERM",
@@ -1213,9 +1209,7 @@ __all__ = [
     "ActionError",
     "BULK_LIMIT",
     "Controller",
-    "RETRIABLE_STATES",
     "TaskFilter",
-    "UNFINISHED_STATES",
     "destination_param",
     "rate_param",
     "signal_param",

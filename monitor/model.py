@@ -23,8 +23,9 @@ from typing import Any, Literal
 
 import orjson
 from celery import states
-from celery.events.state import TASK_EVENT_TO_STATE
 from celery.events.state import Task as _CeleryTask
+
+from .vocabulary import CAPPED_FIELDS, KNOWN_STATES, STATE_TIME_FIELDS, SUBJECT_TO_STATE
 
 Source = Literal["signal", "event"]
 
@@ -33,26 +34,6 @@ MERGE_RULES: Mapping[str, tuple[str, ...]] = _CeleryTask.merge_rules
 #: Rank of every state Celery knows; lower rank = higher precedence.
 #: Custom states (PROGRESS, ...) all share ``CUSTOM_RANK``.
 CUSTOM_RANK: int = states.precedence("__custom__")
-#: Event subject (``task-<subject>``) -> state, e.g. ``received`` -> RECEIVED.
-SUBJECT_TO_STATE: Mapping[str, str] = TASK_EVENT_TO_STATE
-STATE_TO_SUBJECT: Mapping[str, str] = {v: k for k, v in TASK_EVENT_TO_STATE.items()}
-#: States that end a task (no more transitions expected).
-READY_STATES = states.READY_STATES
-#: Every state Celery ranks (PRECEDENCE lists REJECTED, which ALL_STATES lacks).
-KNOWN_STATES = frozenset(s for s in states.PRECEDENCE if s is not None) | states.ALL_STATES
-
-#: Fields whose size is capped before they are stored.
-CAPPED_FIELDS = (
-    "args",
-    "kwargs",
-    "args_json",
-    "kwargs_json",
-    "result",
-    "exception",
-    "traceback",
-    "reason",
-    "progress",
-)
 #: Envelope keys of a Celery event that are not facts about the task.
 _ENVELOPE = frozenset(
     {"type", "timestamp", "hostname", "utcoffset", "pid", "clock", "local_received", "uuid"}
@@ -63,7 +44,7 @@ _WORKER_EVENT_KINDS = frozenset({"online", "heartbeat", "offline"})
 #: change, each state's time, the task's id. An event's extra field can never
 #: set one, nor any field ending in one of :data:`STORE_OWNED_SUFFIXES` (the
 #: markers of a capped value or of a clamped time).
-STORE_OWNED_FIELDS = frozenset({"state", "timestamp", "id", "uuid", *STATE_TO_SUBJECT.values()})
+STORE_OWNED_FIELDS = frozenset({"state", "timestamp", "id", "uuid", *STATE_TIME_FIELDS})
 STORE_OWNED_SUFFIXES = ("_truncated", "_reported")
 
 #: What one event may carry. Names, host names, queues ... become parts of

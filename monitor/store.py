@@ -29,6 +29,7 @@ from . import fastjson, model, vocabulary
 from .config import Settings
 from .keys import Keys
 from .model import TaskEvent, WorkerEvent
+from .vocabulary import KNOWN_STATES, LIST_FIELDS, READY_STATES, STATE_TO_SUBJECT
 
 logger = logging.getLogger(__name__)
 
@@ -71,34 +72,6 @@ MAX_WORKERS = 2000
 MAX_QUEUES_SEEN = 2000
 #: A worker without a known heartbeat interval is assumed to beat this often.
 DEFAULT_HEARTBEAT_FREQ = 2.0
-#: Fields the tasks list returns per row (the detail view returns all).
-LIST_FIELDS = (
-    "state",
-    "name",
-    "worker",
-    "timestamp",
-    "sent",
-    "received",
-    "started",
-    "succeeded",
-    "failed",
-    "retried",
-    "revoked",
-    "runtime",
-    "retries",
-    "args",
-    "kwargs",
-    "args_json",
-    "kwargs_json",
-    "result",
-    "exception",
-    "parent_id",
-    "root_id",
-    "queue",
-    "eta",
-    "expires",
-    "progress",
-)
 
 
 bucket_label = vocabulary.bucket_label
@@ -183,7 +156,7 @@ def mark_skew(timeline: list[dict[str, Any]]) -> None:
 
 
 def _rank_table() -> dict[str, int]:
-    return {state: model.rank(state) for state in model.KNOWN_STATES}
+    return {state: model.rank(state) for state in KNOWN_STATES}
 
 
 @dataclass
@@ -317,11 +290,11 @@ class Store:
             {
                 "ranks": self._ranks,
                 "custom_rank": model.CUSTOM_RANK,
-                "ready_states": sorted(model.READY_STATES | {"REJECTED"}),
+                "ready_states": sorted(READY_STATES | {"REJECTED"}),
                 # state -> fields a late (merge-only) event of that state keeps
                 "keep": _MERGE_KEEP,
                 # state -> the hash field holding its time ("received", ...)
-                "subject": dict(model.STATE_TO_SUBJECT),
+                "subject": dict(STATE_TO_SUBJECT),
                 "max_tasks": s.max_tasks,
                 "max_age": s.max_age,
                 "max_timeline": s.max_timeline,
@@ -478,7 +451,7 @@ class Store:
     def state_counts(self) -> dict[str, int]:
         """Stored tasks per state, from the state indexes (O(states))."""
         pipe = self.redis.pipeline(transaction=False)
-        states = sorted(model.KNOWN_STATES)
+        states = sorted(KNOWN_STATES)
         for state in states:
             pipe.zcard(self.keys.by_state(state))
         counts = dict(zip(states, pipe.execute(), strict=True))

@@ -16,6 +16,10 @@ from typing import Any
 
 import pytest
 
+# The demo's launcher is the tests' too (one way to run a private redis-server).
+from monitor.processes import stop_process  # noqa: F401
+from monitor.redis_server import RedisServer  # noqa: F401
+
 ROOT = Path(__file__).resolve().parent.parent
 REDIS_URL = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
 AMQP_URL = os.environ.get("TEST_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672//")
@@ -168,79 +172,6 @@ def http_get(url: str, timeout: float = 2.0) -> Any:
         return requests.get(url, timeout=timeout)
     except requests.RequestException:
         return None
-
-
-def stop_process(proc: subprocess.Popen, timeout: float = 15.0) -> None:
-    """Stop a process we started (by PID): SIGTERM, then SIGKILL its group."""
-    if proc.poll() is not None:
-        return
-    try:
-        os.killpg(proc.pid, signal.SIGTERM)
-    except ProcessLookupError:
-        return
-    try:
-        proc.wait(timeout)
-    except subprocess.TimeoutExpired:
-        try:
-            os.killpg(proc.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-        proc.wait(5)
-
-
-class RedisServer:
-    """A private redis-server on its own port: tests kill and restart it freely.
-
-    ``persistent``: an append-only file fsynced before every reply, so a
-    SIGKILL loses nothing that was acknowledged and a restart (same port, same
-    directory) comes back with every key: an outage, not a wipe.
-    """
-
-    def __init__(self, port: int | None = None, *, persistent: bool = False) -> None:
-        self.port = port or free_port()
-        self.proc: subprocess.Popen | None = None
-        self.dir = tempfile.mkdtemp(prefix="monitor-test-redis-") if persistent else None
-
-    @property
-    def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
-
-    def start(self) -> RedisServer:
-        persistence = ["--appendonly", "no"]
-        if self.dir is not None:
-            persistence = ["--appendonly", "yes", "--appendfsync", "always", "--dir", self.dir]
-        self.proc = subprocess.Popen(
-            ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", ""]
-            + persistence,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-            start_new_session=True,
-        )
-        wait_for(self.answers, 10, what="redis-server to answer")
-        return self
-
-    def answers(self) -> bool:
-        """Listening and done loading its data (a restarted persistent one loads first)."""
-        if self.proc is not None and self.proc.poll() is not None:
-            raise AssertionError(f"redis-server on port {self.port} exited")
-        try:
-            with socket.create_connection(("127.0.0.1", self.port), timeout=0.5) as sock:
-                sock.sendall(b"PING\r\n")
-                return sock.recv(64).startswith(b"+PONG")
-        except OSError:
-            return False
-
-    def kill(self) -> None:
-        if self.proc and self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGKILL)
-            self.proc.wait(5)
-        wait_for(lambda: not port_open("127.0.0.1", self.port), 10, what="redis port closed")
-
-    def stop(self) -> None:
-        if self.proc:
-            stop_process(self.proc)
-        if self.dir is not None:
-            shutil.rmtree(self.dir, ignore_errors=True)
 
 
 class RabbitMQNode:

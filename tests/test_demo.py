@@ -201,7 +201,7 @@ def _assert_stopped_cleanly(proc: subprocess.Popen, output: str) -> None:
     # pass through the demo task's own code; any other traceback is a bug.
     after_stop = output.split("stopping the worker")[1]
     tracebacks = after_stop.split("Traceback (most recent call last):")[1:]
-    unexpected = [t for t in tracebacks if "monitor/demo_app.py" not in _frames(t)]
+    unexpected = [t for t in tracebacks if "monitor/demo/app.py" not in _frames(t)]
     assert not unexpected, after_stop
 
 

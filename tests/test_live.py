@@ -32,10 +32,13 @@ from monitor.web.live import (
     MAX_DETAILS,
     MAX_STATES,
     MAX_VALUE,
+    ROOM_KINDS,
     Hub,
     RoomError,
     RoomIndex,
+    RoomKind,
     SnapshotCache,
+    room_arg,
     room_name,
 )
 
@@ -392,12 +395,13 @@ def test_room_index_finds_exactly_the_matching_task_lists():
         rooms.add(room_name({"room": "tasks", "filters": filters}))
     rooms = sorted(rooms) + ["task:t1", "worker:w1", "overview", "tasks:not json", "tasks:[1]"]
     index = RoomIndex(rooms)
-    assert index.task_ids == {"t1"} and index.hosts == {"w1"} and index.summary == {"overview"}
+    assert set(index.of("task")) == {"t1"} and set(index.of("worker")) == {"w1"}
+    assert index.of("overview") is not None and index.of("workers") is None
     for name in names:
         for worker in workers:
             for state in states:
                 change = {"name": name, "worker": worker, "state": state}
-                found = list(index.lists_for(name, worker, state))
+                found = list(index.of("tasks").lists_for(name, worker, state))
                 assert len(found) == len(set(found))  # a room once per change
                 expected = {r for r in rooms if r.startswith("tasks:{") and _brute_force(r, change)}
                 assert set(found) == expected, change
@@ -423,7 +427,8 @@ def test_a_push_fetches_a_bounded_number_of_task_details(settings, store):
         f"d{i}": {"state": "STARTED", "name": "proj.live", "worker": "celery@d"} for i in range(n)
     }
     index = RoomIndex(rooms)
-    deferred = hub._push(index, changes, set(), overview=False, workers_list=False)
+    hub._push(index, changes, set(), due=("tasks", "task", "worker"))
+    deferred = hub.schedule.states["task"]["deferred"]
     details = [to for event, to, _ in emitted.messages if event == "task"]
     assert len(details) == MAX_DETAILS and len(deferred) == n - MAX_DETAILS
     lists = [data for event, _, data in emitted.messages if event == "tasks"]
@@ -432,9 +437,42 @@ def test_a_push_fetches_a_bounded_number_of_task_details(settings, store):
     assert len(worker[0]["rows"]) == n
     assert not [m for m in emitted.messages if m[0] == "overview"]
     emitted.messages.clear()
-    assert hub._push(index, {}, set(), False, False, deferred) == set()
+    hub._push(index, {}, set(), due=("task",))
+    assert hub.schedule.states["task"]["deferred"] == set()
     rest = {to for event, to, _ in emitted.messages if event == "task"}
     assert rest == {f"task:{i}" for i in deferred}
+    hub.store.close()
+
+
+def test_a_periodic_kind_is_one_entry_pushed_every_n_seconds_while_it_has_rooms(
+    settings, store, monkeypatch
+):
+    """A kind whose data is not in the change feed (queues, charts): one table entry
+    with ``every``; its rooms get their snapshot again every N seconds, changes or not."""
+    reads = []
+
+    def snapshot(_store, arg):
+        reads.append(arg)
+        return "sample", {"queue": arg, "n": len(reads)}
+
+    kind = RoomKind(lambda p: room_arg(p, "name", "sample"), snapshot, every=3.0)
+    monkeypatch.setitem(ROOM_KINDS, "sample", kind)
+    assert room_name({"room": "sample", "name": "q1"}) == "sample:q1"
+    emitted = Emitted()
+    hub = Hub(emitted, settings)
+    index = RoomIndex(["sample:q1", "sample:q2"])
+    schedule = hub.schedule
+    assert "sample" in schedule.due(index, {"task"}, now=100.0)
+    hub._push(index, {}, set(), due=["sample"])
+    assert sorted((e, to) for e, to, _ in emitted.messages) == [
+        ("sample", "sample:q1"),
+        ("sample", "sample:q2"),
+    ]
+    # changes of the feed do not make it due; its period does
+    assert "sample" not in schedule.due(index, {"task", "worker"}, now=102.0)
+    assert "sample" in schedule.due(index, set(), now=103.5)
+    # without rooms it costs nothing
+    assert "sample" not in schedule.due(RoomIndex(["overview"]), set(), now=200.0)
     hub.store.close()
 
 
@@ -471,17 +509,17 @@ def test_snapshot_cache_computes_once_for_concurrent_subscribers():
 def test_snapshot_cache_drops_changed_rooms_and_never_stores_a_stale_flight():
     cache = SnapshotCache(ttl=60, size=3)
     assert cache.get("task:a", lambda: "v1") == "v1"
-    cache.invalidate(["a"], [])
+    cache.invalidate({"task": ["a"]})
     assert cache.get("task:a", lambda: "v2") == "v2"
 
     def changed_meanwhile():
-        cache.invalidate(["b"], [])  # the tailer hears of a change mid-computation
+        cache.invalidate({"task": ["b"]})  # the tailer hears of a change mid-computation
         return "old"
 
     assert cache.get("task:b", changed_meanwhile) == "old"
     assert cache.get("task:b", lambda: "new") == "new"
     cache.get("worker:h", lambda: "w1")
-    cache.invalidate([], ["h"])
+    cache.invalidate({"worker": ["h"]})
     assert cache.get("worker:h", lambda: "w2") == "w2"
     for i in range(10):
         cache.get(f"task:{i}", lambda i=i: i)

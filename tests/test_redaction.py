@@ -428,31 +428,11 @@ class PasswordRedis(RedisServer):
     """A private redis-server that wants a password (``--requirepass``)."""
 
     def __init__(self) -> None:
-        super().__init__()
         self.password = "pw-" + uuid.uuid4().hex
+        super().__init__(args=["--requirepass", self.password])
 
     def url_for(self, db: int) -> str:
         return f"redis://:{self.password}@127.0.0.1:{self.port}/{db}"
-
-    def start(self) -> PasswordRedis:
-        self.proc = subprocess.Popen(
-            ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", ""]
-            + ["--appendonly", "no", "--requirepass", self.password],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-            start_new_session=True,
-        )
-        wait_for(self.answers, 10, what="redis-server with a password to answer")
-        return self
-
-    def answers(self) -> bool:
-        if self.proc is not None and self.proc.poll() is not None:
-            raise AssertionError(f"redis-server on port {self.port} exited")
-        try:
-            with redis_lib.Redis.from_url(self.url_for(0), socket_timeout=0.5) as client:
-                return client.ping()
-        except redis_lib.RedisError:
-            return False
 
 
 def test_no_log_line_shows_a_url_password(prefix):

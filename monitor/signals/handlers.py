@@ -31,13 +31,13 @@ from kombu.serialization import registry as serializer_registry
 from kombu.utils.json import dumps as tagged_json
 
 from ..model import (
-    KNOWN_STATES,
     brief,
     redact_args_repr,
     redact_positional,
     sensitive,
     sensitive_positions,
 )
+from ..vocabulary import KNOWN_STATES
 from . import _active
 
 logger = logging.getLogger(__name__)

@@ -35,9 +35,7 @@ from werkzeug.exceptions import HTTPException
 
 from ..actions import (
     BULK_LIMIT,
-    RETRIABLE_STATES,
     TERMINATE_SIGNALS,
-    UNFINISHED_STATES,
     ActionError,
     Controller,
     TaskFilter,
@@ -45,6 +43,7 @@ from ..actions import (
 )
 from ..auth import Role
 from ..model import brief
+from ..vocabulary import RETRIABLE_STATES, UNFINISHED_STATES
 from . import queries
 from .api import error, register_converter
 from .queries import QueryError
@@ -162,9 +161,8 @@ def task_actions(task_id: str) -> Any:
     """
     task_id = task_id_param(task_id)
     ctl = controller()
-    values = ctl.store.redis.hmget(ctl.keys.task(task_id), _ACTION_FIELDS)
-    fields = {k: v for k, v in zip(_ACTION_FIELDS, values, strict=True) if v is not None}
-    if not fields.get("state"):
+    fields = queries.task_fields(ctl.store, task_id, _ACTION_FIELDS)
+    if fields is None:
         raise ActionError(f"task {task_id} is not in the monitor's store", 404, "not_found")
     return jsonify(_allowed(ctl, task_id, fields))
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Iterator
 from typing import Any
 
 import redis
@@ -21,19 +20,11 @@ from .. import fastjson
 from ..store import Store
 from . import queries, security
 from .queries import QueryError
-from .visibility import visible_row, visible_task
+from .visibility import visible_row
 
 logger = logging.getLogger(__name__)
 
 api = Blueprint("monitor_api", __name__)
-
-#: Children whose rows are inlined in a task's detail (more are listed by id only).
-MAX_CHILD_ROWS = 200
-MAX_STATS_MINUTES = 24 * 60
-#: Minutes of counters read per round trip.
-STATS_WINDOW = 60
-#: Counter fields one stats request reads at most (a day with many task names).
-STATS_FIELDS_BUDGET = 200_000
 
 
 def get_store() -> Store:
@@ -118,129 +109,6 @@ register_converter(api)
 register_errors(api)
 
 
-def task_detail(store: Store, task_id: str, can_see_args: bool = True) -> dict[str, Any] | None:
-    """GET /api/v1/tasks/<id> body (also pushed to a task room), as a caller who
-    may (or may not) see arguments and results sees it (monitor.web.visibility;
-    the republish payload is never shown)."""
-    task = store.get_task(task_id)
-    if task is None:
-        return None
-    children = task.get("children") or []
-    if children and len(children) <= MAX_CHILD_ROWS:
-        task["children_rows"] = store.get_tasks(children)
-    # Is the worker that has (or had) this task alive, by Celery's heartbeat
-    # rule? A RECEIVED/STARTED task on an offline worker may be lost: the page
-    # says so instead of showing it as running. None: no worker known.
-    worker = store.worker(task["worker"]) if task.get("worker") else None
-    task["worker_online"] = worker["online"] if worker is not None else None
-    return visible_task(task, can_see_args)
-
-
-def _minute_windows(
-    store: Store, minutes: int, now: float, budget: queries.Budget
-) -> Iterator[dict[str, Any]]:
-    """Per-minute counters, newest hour first, an hour per round trip, within the budget.
-
-    A day is 1,440 hashes, each with a few fields per task name: read at once it
-    would be one long slice of this process (and, with many names, a lot of
-    memory). Stops after STATS_FIELDS_BUDGET fields or the request's time.
-    """
-    last = int(now // 60)
-    first = last - minutes + 1
-    fields = 0
-    while last >= first:
-        n = min(STATS_WINDOW, last - first + 1)
-        window = store.minute_stats(n, last * 60.0)
-        for entry in reversed(window):
-            fields += len(entry["counters"])
-            yield entry
-        last -= n
-        queries.pause()
-        if last >= first and (fields >= STATS_FIELDS_BUDGET or budget.time_over()):
-            budget.cut = True
-            return
-
-
-def _count(value: Any) -> float:
-    number = queries.finite_float(value)
-    return 0.0 if number is None else number
-
-
-def stats(store: Store, minutes: int = 60, now: float | None = None) -> dict[str, Any]:
-    """GET /api/v1/stats body (also the "overview" push).
-
-    ``partial`` is true when the per-minute counters were too many to read
-    within the request's budget: ``minutes`` then starts later than asked.
-    """
-    now = time.time() if now is None else now
-    budget = queries.Budget()
-    per_minute = []
-    runtime_sum: dict[str, float] = {}
-    runtime_count: dict[str, int] = {}
-    failures: dict[str, int] = {}
-    for entry in _minute_windows(store, minutes, now, budget):
-        row: dict[str, Any] = {"minute": entry["minute"]}
-        for field, value in entry["counters"].items():
-            if field.startswith("state:"):
-                row[_state_key(field[6:])] = int(_count(value))
-            elif field.startswith("rtsum:"):
-                name = field[6:]
-                runtime_sum[name] = runtime_sum.get(name, 0.0) + _count(value)
-            elif field.startswith("rtcnt:"):
-                name = field[6:]
-                runtime_count[name] = runtime_count.get(name, 0) + int(_count(value))
-            elif field.startswith("name:") and field.endswith(":FAILURE"):
-                name = field[5:-8]
-                failures[name] = failures.get(name, 0) + int(_count(value))
-        for key in ("received", "started", "succeeded", "failed", "retried"):
-            row.setdefault(key, 0)
-        per_minute.append(row)
-    per_minute.reverse()  # oldest first
-    slowest = sorted(
-        (
-            {"name": n, "avg_runtime": runtime_sum[n] / c, "count": c}
-            for n, c in runtime_count.items()
-            if c and n in runtime_sum
-        ),
-        key=lambda r: r["avg_runtime"],
-        reverse=True,
-    )[:10]
-    failing = sorted(
-        ({"name": n, "failures": f} for n, f in failures.items() if f),
-        key=lambda r: r["failures"],
-        reverse=True,
-    )[:10]
-    workers = store.workers(now)
-    online = sum(1 for w in workers if w["online"])
-    meta = store.meta()
-    return {
-        "counts": store.state_counts(),
-        "workers": {"online": online, "offline": len(workers) - online},
-        "minutes": per_minute,
-        "slowest": slowest,
-        "failing": failing,
-        "dropped": {k[8:]: v for k, v in meta.items() if k.startswith("dropped:")},
-        "malformed": sum(v for k, v in meta.items() if k.startswith("malformed")),
-        "partial": budget.cut,
-    }
-
-
-_STATE_NAMES = {
-    "SUCCESS": "succeeded",
-    "FAILURE": "failed",
-    "RETRY": "retried",
-    "RECEIVED": "received",
-    "STARTED": "started",
-    "REVOKED": "revoked",
-    "PENDING": "sent",
-    "REJECTED": "rejected",
-}
-
-
-def _state_key(state: str) -> str:
-    return _STATE_NAMES.get(state, state.lower())
-
-
 @api.get("/tasks")
 def list_tasks() -> Any:
     query = queries.parse_query(request.args)
@@ -255,7 +123,7 @@ def list_tasks() -> Any:
 
 @api.get("/tasks/<anypath:task_id>")
 def get_task(task_id: str) -> Any:
-    task = task_detail(get_store(), task_id, security.can_see_args())
+    task = queries.task_detail(get_store(), task_id, security.can_see_args())
     if task is None:
         return error(f"unknown task {task_id!r}", 404)
     return jsonify(task)
@@ -283,6 +151,6 @@ def worker(hostname: str) -> Any:
 @api.get("/stats")
 def get_stats() -> Any:
     minutes = queries.parse_bounded_int(
-        "minutes", request.args.get("minutes"), 60, 1, MAX_STATS_MINUTES
+        "minutes", request.args.get("minutes"), 60, 1, queries.MAX_STATS_MINUTES
     )
-    return jsonify(stats(get_store(), minutes))
+    return jsonify(queries.stats(get_store(), minutes))

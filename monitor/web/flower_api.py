@@ -20,7 +20,7 @@ from flask import Blueprint, Response, current_app, request
 
 from .. import fastjson
 from ..auth import Role
-from ..store import MAX_MEMBERS
+from ..vocabulary import FLOWER_FIELDS, FLOWER_FLOAT_FIELDS, FLOWER_INT_FIELDS
 from . import queries, security
 from .api import error, get_store, register_converter, register_errors
 from .inspect import InspectError
@@ -35,52 +35,6 @@ flower = Blueprint("monitor_flower", __name__)
 register_converter(flower)
 register_errors(flower)
 
-#: Flower's Task.as_dict() attributes, in its order.
-FLOWER_FIELDS = (
-    "uuid",
-    "name",
-    "state",
-    "received",
-    "sent",
-    "started",
-    "rejected",
-    "succeeded",
-    "failed",
-    "retried",
-    "revoked",
-    "args",
-    "kwargs",
-    "eta",
-    "expires",
-    "retries",
-    "worker",
-    "result",
-    "exception",
-    "timestamp",
-    "runtime",
-    "traceback",
-    "exchange",
-    "routing_key",
-    "clock",
-    "client",
-    "root_id",
-    "parent_id",
-)
-_FLOAT_FIELDS = frozenset(
-    {
-        "received",
-        "sent",
-        "started",
-        "rejected",
-        "succeeded",
-        "failed",
-        "retried",
-        "revoked",
-        "timestamp",
-        "runtime",
-    }
-)
-_INT_FIELDS = frozenset({"retries", "clock"})
 #: What a task list reads per task: Flower's attributes ("state" first: a task
 #: without one is gone).
 _FETCH = ("state", *(f for f in FLOWER_FIELDS if f not in ("uuid", "state")))
@@ -109,11 +63,11 @@ def flower_task(task_id: str, fields: dict[str, Any]) -> dict[str, Any]:
     for key, value in fields.items():
         if key not in out or key == "uuid" or value is None:
             continue
-        if key in _FLOAT_FIELDS:
+        if key in FLOWER_FLOAT_FIELDS:
             number = _float(value)
             # a stored value that is not a finite number stays text
             out[key] = value if number is None else number
-        elif key in _INT_FIELDS:
+        elif key in FLOWER_INT_FIELDS:
             number = _float(value)
             out[key] = value if number is None else int(number)
         else:
@@ -198,13 +152,12 @@ def tasks() -> Any:
 @flower.get("/task/info/<anypath:task_id>")
 def task_info(task_id: str) -> Any:
     store = get_store()
-    fields = store.redis.hgetall(store.keys.task(task_id))
+    fields = queries.task_fields(store, task_id)
     if not fields:
         return error(f"Unknown task '{task_id}'", 404)
     info = flower_task(task_id, visible_row(fields, security.can_see_args()))
     info["task-id"] = task_id
-    # at most MAX_MEMBERS of them: a task may have started 100,000 children
-    info["children"] = sorted(store.redis.srandmember(store.keys.children(task_id), MAX_MEMBERS))
+    info["children"] = queries.task_children(store, task_id)
     return _json(info)
 
 

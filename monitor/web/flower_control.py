@@ -53,6 +53,7 @@ from ..actions import MAX_SECONDS, ActionError, Controller, task_id_param
 from ..auth import Role
 from ..model import brief
 from ..store import MAX_KEY_PART
+from . import queries
 from .actions_api import (
     ACTION_ERRORS,
     ERROR_SCHEMA,
@@ -204,7 +205,7 @@ def name_param(kind: str, value: Any) -> str:
 def known_task(ctl: Controller, name: str) -> str:
     """404 ``Unknown task 'name'`` unless the app registers it or the store saw it."""
     name = name_param("task name", name)
-    if name not in ctl.app.tasks and ctl.store.redis.zscore(ctl.keys.task_names, name) is None:
+    if name not in ctl.app.tasks and not queries.task_name_known(ctl.store, name):
         raise ActionError(f"Unknown task '{name}'", 404, "not_found")
     return name
 

@@ -15,10 +15,12 @@ room               message
 ``worker:<host>``  "worker": {"worker": ..., "rows": [...]}
 =================  ===============================================================
 
-A room kind is one entry of :data:`ROOM_KINDS` (how a payload names it, what a
-new subscriber gets at once). Rows are fetched with one pipeline per push
-whatever the event rate, so a 10k events/s burst costs each client a few
-messages per second.
+A room kind is one entry of :data:`ROOM_KINDS` (:class:`RoomKind`: how a
+payload names it, what a new subscriber gets at once, what a push sends and
+when: on changes of the feed, or every N seconds for data the feed does not
+carry). A new kind of room is one entry there. Rows are fetched with one
+pipeline per push whatever the event rate, so a 10k events/s burst costs each
+client a few messages per second.
 
 Socket.IO clients are untrusted, and one client's flood must not slow the
 others' pushes. Every budget is a setting or a constant here: rooms per
@@ -33,9 +35,11 @@ fetches at most :data:`MAX_DETAILS` task details (the rest wait for the next pus
 
 Several ``serve`` processes sharing a Socket.IO message queue share rooms: the
 processes register their rooms in ``{prefix}:web:rooms`` and one of them (the
-holder of ``{prefix}:web:leader``) tails the feed and emits for all, so a client
-never gets the same delta twice. The tailer reconnects with capped backoff and
-reports Redis reachability in "status" messages.
+holder of the ``{prefix}:web:leader`` lease, :class:`monitor.lease.Lease`)
+emits for all, so a client never gets the same delta twice; the others keep
+what they read for a while (:class:`Backlog`) and push it if they take over.
+The tailer reconnects with capped backoff and reports Redis reachability in
+"status" messages.
 """
 
 from __future__ import annotations
@@ -44,7 +48,6 @@ import json
 import logging
 import threading
 import time
-import uuid
 from collections import Counter, OrderedDict
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
@@ -54,8 +57,9 @@ import redis
 from socketio import PubSubManager
 
 from ..config import Settings
+from ..lease import Lease
 from ..store import Store, redis_client
-from . import api
+from . import queries
 from .visibility import visible_row
 
 logger = logging.getLogger(__name__)
@@ -71,25 +75,7 @@ MAX_DETAILS = 100
 ROOM_TTL = 15.0
 #: Seconds between two registrations of all of a process's rooms (shared mode).
 ROOM_REFRESH = ROOM_TTL / 3
-#: KEYS[1] = leader key, ARGV[1] = our token; deletes the key only if we hold it.
-_RELEASE_LEADER = (
-    "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end return 0"
-)
 LEADER_TTL_MS = 5000
-#: KEYS[1] = leader key; ARGV[1] = our token, ARGV[2] = lease (ms), ARGV[3] = "1"
-#: to take a free lease. Extends the lease only if we hold it (a GET followed by
-#: PEXPIRE could extend the lease of a process that took over in between).
-#: Returns 1 when we hold the lease, else 0.
-_CLAIM_LEADER = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then
-  redis.call('PEXPIRE', KEYS[1], ARGV[2])
-  return 1
-end
-if ARGV[3] == '1' and redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then
-  return 1
-end
-return 0
-"""
 #: A process that does not lead keeps what it read for this long (and at most
 #: BACKLOG_MAX tasks), and pushes it if it takes over: changes made while a
 #: leader that died still held its lease are then not lost.
@@ -122,7 +108,8 @@ class RoomRefused(RoomError):
     """A valid room that a cap keeps this connection out of."""
 
 
-def _value(payload: dict[str, Any], key: str, what: str) -> str:
+def room_arg(payload: dict[str, Any], key: str, what: str) -> str:
+    """A kind's ``parse`` helper: ``payload[key]``, a non-empty string of at most MAX_VALUE."""
     value = payload.get(key)
     if not isinstance(value, str) or not value:
         raise RoomError(f"{what} room needs a {key}")
@@ -165,8 +152,102 @@ def _tasks_filter(arg: str) -> dict[str, str] | None:
     return filters
 
 
+# -- room kinds ------------------------------------------------------------------
+#: What a kind's push returns: a function that emits once the rows every kind
+#: asked for (Push.want) are fetched, or None when it has nothing to send.
+Emitter = Callable[[], None]
+
+
+class Push:
+    """One coalesced push: the changes since the last one, and the rows the kinds share.
+
+    A kind's push runs in two steps so that one pipeline fetches the rows of
+    every room whatever the number of kinds: it looks at the changes, asks for
+    rows (:meth:`want`) and returns an emitter; once the rows are fetched
+    (:meth:`fetch`) the emitters send.
+    """
+
+    def __init__(
+        self,
+        store: Store,
+        tasks: dict[str, dict[str, str]],
+        workers: set[str],
+        emit: Callable[[str, Any, str], None],
+    ) -> None:
+        self.store = store
+        #: task id -> its last change (state, name, worker), oldest first
+        self.tasks = tasks
+        #: hostnames of the workers that changed (or whose tasks did)
+        self.workers = workers
+        self.emit = emit
+        #: task id -> position, 0 for the newest change
+        self.order = {task_id: i for i, task_id in enumerate(reversed(tasks))}
+        self.rows: dict[str, dict[str, Any]] = {}
+        self._wanted: set[str] = set()
+
+    def newest_first(self) -> Iterator[tuple[str, dict[str, str]]]:
+        for task_id in reversed(self.tasks):
+            yield task_id, self.tasks[task_id]
+
+    def want(self, ids: Iterable[str]) -> None:
+        """Ask for these tasks' list rows (fetched once for every kind)."""
+        self._wanted.update(ids)
+
+    def fetch(self) -> None:
+        store = self.store
+        if not self._wanted:
+            return
+        self.rows = {r["id"]: r for r in store.get_tasks(list(self._wanted))}
+        if self.rows and store.settings.hide_args_from_viewers:
+            self.rows = {i: visible_row(r, False) for i, r in self.rows.items()}
+
+    def found(self, ids: Iterable[str]) -> list[dict[str, Any]]:
+        """The fetched rows of ``ids``, in their order (tasks gone are left out)."""
+        return [self.rows[i] for i in ids if i in self.rows]
+
+
+@dataclass(frozen=True)
+class RoomKind:
+    """One kind of room: how a payload names it, its first message and its pushes.
+
+    A push is due when a change of a kind in ``on`` arrived (at most once per
+    ``throttle`` seconds) and, with ``every``, at least every ``every`` seconds
+    while the kind has rooms: a periodic kind (data not in the change feed)
+    is ``on=()`` with ``every``. ``push`` gets the kind's rooms as ``index``
+    made them and a dict it keeps between pushes (``state["again"]`` true: due
+    again next push); without ``push`` each room gets its snapshot again.
+    """
+
+    #: payload -> argument after "kind:" (None: the room is the kind alone)
+    parse: Callable[[dict[str, Any]], str | None]
+    #: (store, argument) -> (event, data) a new subscriber gets at once, or None
+    snapshot: Callable[[Store, str], tuple[str, Any] | None] = lambda _s, _a: None
+    #: (push, rooms, state) -> emitter; None: resend each room's snapshot
+    push: Callable[[Push, Any, dict[str, Any]], Emitter | None] | None = None
+    #: {argument: room} -> what ``push`` gets as rooms (built when rooms change)
+    index: Callable[[dict[str, str]], Any] = dict
+    #: change feed kinds ("task", "worker") whose changes make a push due
+    on: frozenset[str] = frozenset()
+    #: seconds: at most one change-driven push this often (0: every push_interval)
+    throttle: float = 0.0
+    #: seconds: pushed at least this often while the kind has rooms (None: on changes only)
+    every: float | None = None
+    #: the change feed kind whose change to the room's argument drops its cached snapshot
+    drops: str | None = None
+
+
+def _resend(push: Push, snapshot: Callable[[Store, str], Any], rooms: dict[str, str]) -> Emitter:
+    def emit() -> None:
+        for arg, room in rooms.items():
+            first = snapshot(push.store, arg)
+            if first is not None:
+                push.emit(first[0], first[1], room)
+
+    return emit
+
+
 def _overview(store: Store, _arg: str) -> tuple[str, Any]:
-    return "overview", api.stats(store)
+    return "overview", queries.stats(store)
 
 
 def _workers(store: Store, _arg: str) -> tuple[str, Any]:
@@ -177,7 +258,7 @@ def _task(store: Store, task_id: str) -> tuple[str, Any] | None:
     # Rooms are shared by every client, viewers included: with
     # MONITOR_HIDE_ARGS_FROM_VIEWERS on, live pushes carry no arguments or
     # results for anyone (an operator's page reads them from the API).
-    task = api.task_detail(store, task_id, not store.settings.hide_args_from_viewers)
+    task = queries.task_detail(store, task_id, not store.settings.hide_args_from_viewers)
     return ("task", {"task": task}) if task else None
 
 
@@ -186,22 +267,128 @@ def _worker(store: Store, host: str) -> tuple[str, Any] | None:
     return ("worker", {"worker": worker, "rows": []}) if worker else None
 
 
-@dataclass(frozen=True)
-class RoomKind:
-    """One kind of room: the room's argument from a payload, and the first message."""
+class TaskLists:
+    """Task-list rooms filed under (name, worker, state), "" for "any" (and once per
+    state a room names), so a change finds its rooms with eight lookups whatever
+    the number of rooms."""
 
-    #: payload -> argument after "kind:" (None: the room is the kind alone)
-    parse: Callable[[dict[str, Any]], str | None]
-    #: (store, argument) -> (event, data) a new subscriber gets at once, or None
-    snapshot: Callable[[Store, str], tuple[str, Any] | None]
+    def __init__(self, rooms: dict[str, str]) -> None:
+        self.lists: dict[tuple[str, str, str], list[str]] = {}
+        for arg, room in rooms.items():
+            filters = _tasks_filter(arg)
+            if filters is None:
+                continue
+            name, worker = filters.get("name", ""), filters.get("worker", "")
+            for state in filters.get("state", "").split(",")[:MAX_STATES]:
+                self.lists.setdefault((name, worker, state), []).append(room)
+
+    def lists_for(self, name: str, worker: str, state: str) -> Iterator[str]:
+        for n in {name, ""}:
+            for w in {worker, ""}:
+                for s in {state, ""}:
+                    yield from self.lists.get((n, w, s), ())
 
 
+def _push_lists(push: Push, lists: TaskLists, _state: dict[str, Any]) -> Emitter | None:
+    """Each task-list room: its changed rows, newest first, at most MAX_ROWS."""
+    # Group the changes by what filters look at: rooms are then looked up
+    # once per (name, worker, state), not once per change.
+    groups: dict[tuple[str, str, str], list[str]] = {}
+    for task_id, change in push.newest_first():
+        key = (change.get("name", ""), change.get("worker", ""), change.get("state", ""))
+        groups.setdefault(key, []).append(task_id)
+    wanted: dict[str, list[str]] = {}
+    for (name, host, state), ids in groups.items():
+        for room in lists.lists_for(name, host, state):
+            wanted.setdefault(room, []).extend(ids[:MAX_ROWS])
+    for ids in wanted.values():
+        if len(ids) > 1:
+            ids.sort(key=push.order.__getitem__)
+            del ids[MAX_ROWS:]
+        push.want(ids)
+
+    def emit() -> None:
+        for room, ids in wanted.items():
+            found = push.found(ids)
+            if found:
+                push.emit("tasks", {"rows": found}, room)
+
+    return emit if wanted else None
+
+
+def _push_details(push: Push, rooms: dict[str, str], state: dict[str, Any]) -> Emitter | None:
+    """Each task room whose task changed: the detail, MAX_DETAILS a push (the rest wait)."""
+    details = [task_id for task_id in push.order if task_id in rooms]
+    deferred = state.get("deferred") or ()
+    details.extend(i for i in deferred if i in rooms and i not in push.order)
+    state["deferred"] = set(details[MAX_DETAILS:])
+    state["again"] = bool(state["deferred"])
+    if not details:
+        return None
+
+    def emit() -> None:
+        store = push.store
+        for task_id in details[:MAX_DETAILS]:
+            task = queries.task_detail(store, task_id, not store.settings.hide_args_from_viewers)
+            if task is not None:
+                push.emit("task", {"task": task}, rooms[task_id])
+
+    return emit
+
+
+def _push_workers(push: Push, rooms: dict[str, str], _state: dict[str, Any]) -> Emitter | None:
+    """Each worker room whose worker or tasks changed: the worker and its changed rows."""
+    by_host: dict[str, list[str]] = {}
+    for task_id, change in push.newest_first():
+        host = change.get("worker", "")
+        if host in rooms:
+            ids = by_host.setdefault(host, [])
+            if len(ids) < MAX_ROWS:
+                ids.append(task_id)
+    for ids in by_host.values():
+        push.want(ids)
+    hosts = set(by_host) | {h for h in push.workers if h in rooms}
+    if not hosts:
+        return None
+
+    def emit() -> None:
+        for host in hosts:
+            # The worker hash may not exist yet (signals only, no heartbeat
+            # seen): its task rows are still worth sending.
+            info = push.store.worker(host)
+            found = push.found(by_host.get(host, ()))
+            if info is not None or found:
+                push.emit("worker", {"worker": info, "rows": found}, rooms[host])
+
+    return emit
+
+
+_NO_ARG: Callable[[dict[str, Any]], str | None] = lambda _p: None  # noqa: E731
+_TASK, _WORKER = frozenset({"task"}), frozenset({"worker"})
+
+#: Every room kind, in the order a push sends them. Summary rooms (overview,
+#: workers) change with every event but need no more than one message a second
+#: (and one every REFRESH_EVERY for offline detection and "3 s ago"); the
+#: others get push_interval. A tab thus gets at most 1/push_interval + 2 messages a second.
 ROOM_KINDS: dict[str, RoomKind] = {
-    "overview": RoomKind(lambda _p: None, _overview),
-    "workers": RoomKind(lambda _p: None, _workers),
-    "tasks": RoomKind(_parse_filters, lambda _s, _a: None),  # the page fetches the list
-    "task": RoomKind(lambda p: _value(p, "id", "task"), _task),
-    "worker": RoomKind(lambda p: _value(p, "hostname", "worker"), _worker),
+    "overview": RoomKind(
+        _NO_ARG, _overview, on=_TASK | _WORKER, throttle=SUMMARY_INTERVAL, every=REFRESH_EVERY
+    ),
+    "workers": RoomKind(
+        _NO_ARG, _workers, on=_WORKER, throttle=SUMMARY_INTERVAL, every=REFRESH_EVERY
+    ),
+    # no snapshot: the page fetches the list
+    "tasks": RoomKind(_parse_filters, push=_push_lists, index=TaskLists, on=_TASK),
+    "task": RoomKind(
+        lambda p: room_arg(p, "id", "task"), _task, _push_details, on=_TASK, drops="task"
+    ),
+    "worker": RoomKind(
+        lambda p: room_arg(p, "hostname", "worker"),
+        _worker,
+        _push_workers,
+        on=_TASK | _WORKER,
+        drops="worker",
+    ),
 }
 
 
@@ -218,40 +405,80 @@ def room_name(payload: Any) -> str:
 
 
 class RoomIndex:
-    """The rooms a push serves, indexed by what a change can match.
+    """The rooms a push serves, by kind, each kind's as its ``index`` files them.
 
-    A task-list room is filed under (name, worker, state) with "" for "any" (and
-    once per state it names), so a change finds its rooms with eight lookups
-    whatever the number of rooms.
+    Built when the room list changes, so a push looks rooms up from the changes
+    and never scans every room for every change.
     """
 
     def __init__(self, rooms: list[str]) -> None:
         self.rooms = rooms
-        self.summary: set[str] = set()
-        self.task_ids: set[str] = set()
-        self.hosts: set[str] = set()
-        self.lists: dict[tuple[str, str, str], list[str]] = {}
+        args: dict[str, dict[str, str]] = {}
         for room in rooms:
             kind, _, arg = room.partition(":")
-            if kind in ("overview", "workers"):
-                self.summary.add(kind)
-            elif kind == "task" and arg:
-                self.task_ids.add(arg)
-            elif kind == "worker" and arg:
-                self.hosts.add(arg)
-            elif kind == "tasks":
-                filters = _tasks_filter(arg)
-                if filters is None:
-                    continue
-                name, worker = filters.get("name", ""), filters.get("worker", "")
-                for state in filters.get("state", "").split(",")[:MAX_STATES]:
-                    self.lists.setdefault((name, worker, state), []).append(room)
+            if kind in ROOM_KINDS:
+                args.setdefault(kind, {})[arg] = room
+        #: kind -> its rooms, as the kind's index made them (kinds with rooms only)
+        self.kinds: dict[str, Any] = {k: ROOM_KINDS[k].index(a) for k, a in args.items()}
 
-    def lists_for(self, name: str, worker: str, state: str) -> Iterator[str]:
-        for n in {name, ""}:
-            for w in {worker, ""}:
-                for s in {state, ""}:
-                    yield from self.lists.get((n, w, s), ())
+    def of(self, kind: str) -> Any:
+        """The rooms of ``kind`` (None when it has none)."""
+        return self.kinds.get(kind)
+
+
+def run_push(
+    push: Push, index: RoomIndex, due: Iterable[str], states: dict[str, dict[str, Any]]
+) -> None:
+    """Push ``due`` kinds to their rooms: every kind asks, one fetch, every kind sends."""
+    emitters = []
+    for name in due:
+        kind, rooms = ROOM_KINDS[name], index.of(name)
+        if rooms is None:
+            continue
+        state = states.setdefault(name, {})
+        emitter = (
+            kind.push(push, rooms, state) if kind.push else _resend(push, kind.snapshot, rooms)
+        )
+        if emitter is not None:
+            emitters.append(emitter)
+    push.fetch()
+    for emitter in emitters:
+        emitter()
+
+
+class Schedule:
+    """When each kind's next push is due (see RoomKind's on/throttle/every)."""
+
+    def __init__(self) -> None:
+        self.last: dict[str, float] = {}  # kind -> last push (monotonic)
+        self.refreshed: dict[str, float] = {}  # kind -> last push due to ``every``
+        self.pending: set[str] = set()  # kinds with changes not pushed yet
+        #: kind -> what its push keeps between pushes
+        self.states: dict[str, dict[str, Any]] = {}
+
+    def due(self, index: RoomIndex, changed: set[str], now: float) -> list[str]:
+        """The kinds to push now; a kind without rooms forgets its changes."""
+        due = []
+        for name, kind in ROOM_KINDS.items():
+            if index.of(name) is None:
+                self.pending.discard(name)
+                self.states.pop(name, None)
+                continue
+            if kind.on & changed or self.states.get(name, {}).get("again"):
+                self.pending.add(name)
+            if kind.every is not None and now - self.refreshed.get(name, 0.0) >= kind.every:
+                self.refreshed[name] = now
+            elif name not in self.pending or now - self.last.get(name, 0.0) < kind.throttle:
+                continue
+            self.last[name] = now
+            self.pending.discard(name)
+            due.append(name)
+        return due
+
+    def reset(self) -> None:
+        """Not leading: the backlog keeps the changes, nothing is carried over."""
+        self.pending.clear()
+        self.states.clear()
 
 
 class _Flight:
@@ -315,12 +542,18 @@ class SnapshotCache:
     def __len__(self) -> int:
         return len(self._entries)
 
-    def invalidate(self, task_ids: Iterable[str], hosts: Iterable[str]) -> None:
-        """Drop the snapshots of these tasks' and workers' rooms."""
+    def invalidate(self, changed: dict[str, Iterable[str]]) -> None:
+        """Drop the snapshots of the rooms whose argument changed (RoomKind.drops):
+        ``changed`` maps a change feed kind ("task", "worker") to the ids read."""
         with self._lock:
             if not self._entries and not self._flights:
                 return
-            doomed = {"task:" + i for i in task_ids} | {"worker:" + h for h in hosts}
+            doomed = {
+                f"{name}:{arg}"
+                for name, kind in ROOM_KINDS.items()
+                if kind.drops
+                for arg in changed.get(kind.drops, ())
+            }
             for room in doomed.intersection(self._entries):
                 del self._entries[room]
             for room in doomed.intersection(self._flights):
@@ -364,42 +597,20 @@ class Backlog:
         return merged, hosts
 
 
-class Hub:
-    """Rooms of this process, their budgets, and the tailer that feeds them."""
+class Rooms:
+    """The rooms of this process's connections, and their budgets."""
 
-    def __init__(self, socketio: Any, settings: Settings, namespace: str = "/") -> None:
-        self.socketio = socketio
+    def __init__(self, settings: Settings) -> None:
         self.settings = settings
-        self.namespace = namespace
-        self.store = Store.from_settings(settings)
-        self.redis_ok: bool | None = None
-        self.events_status: Callable[[], str] = lambda: "off"
-        self.snapshots = SnapshotCache()
-        self._redis_slots = threading.BoundedSemaphore(SUBSCRIBE_CONCURRENCY)
-        self._last_status: dict[str, Any] | None = None
         self._lock = threading.Lock()
-        self._started = False
-        self._stop = threading.Event()
         self._members: dict[str, set[str]] = {}  # sid -> rooms
         self._rooms: dict[str, int] = {}  # room -> local subscribers
         self._buckets: dict[str, list[float]] = {}  # sid -> [tokens, last, refusals]
-        self._token = uuid.uuid4().hex
-        self._claim = self.store.redis.register_script(_CLAIM_LEADER)
-        self._index = RoomIndex([])
-        self._next_registration = 0.0
-        self._last_refusal_log = self._last_full_log = 0.0
+        self._last_refusal_log = 0.0
         self._refusals_logged = 0
         #: refused subscribes by reason, and connections closed for abuse
         self.refused: Counter[str] = Counter()
-        self.pushes = 0
 
-    @property
-    def shared(self) -> bool:
-        """True when the Socket.IO server fans out through a message queue."""
-        server = getattr(self.socketio, "server", None)
-        return server is not None and isinstance(server.manager, PubSubManager)
-
-    # -- rooms and budgets -------------------------------------------------
     def admit(self, sid: str) -> bool:
         """One token of this connection's request budget: live_subscribe_rate a second,
         in bursts of as many (a page needs one room; a client watching many tasks
@@ -459,22 +670,6 @@ class Hub:
             count = self._rooms[room] = self._rooms.get(room, 0) + 1
             return count == 1
 
-    def _bounded(self, work: Callable[[], Any]) -> Any:
-        """Run a subscribe's Redis work within the process's SUBSCRIBE_CONCURRENCY."""
-        if not self._redis_slots.acquire(timeout=10.0):
-            raise TimeoutError("too many subscribes waiting for Redis")
-        try:
-            return work()
-        finally:
-            self._redis_slots.release()
-
-    def register(self, room: str) -> None:
-        """Shared mode: make a new room known to the leader before acking the subscribe
-        (rooms already known are registered again every ROOM_REFRESH)."""
-        if self.shared:
-            key, expiry = self.store.keys.web_rooms, time.time() + ROOM_TTL
-            self._bounded(lambda: self.store.redis.zadd(key, {room: expiry}))
-
     def leave(self, sid: str, room: str) -> None:
         with self._lock:
             rooms = self._members.get(sid, set())
@@ -495,9 +690,116 @@ class Hub:
         else:
             self._rooms[room] = n
 
-    def local_rooms(self) -> list[str]:
+    def local(self) -> list[str]:
         with self._lock:
             return list(self._rooms)
+
+
+class SharedRooms:
+    """Rooms of every serve process sharing a message queue, and who pushes to them.
+
+    A process's rooms are registered in ``{prefix}:web:rooms`` when first
+    subscribed and again every ROOM_REFRESH; the holder of the ``web:leader``
+    lease (:class:`monitor.lease.Lease`) reads at most ``live_max_rooms_total``
+    of them and is the only one to push, so a client never gets a delta twice.
+    """
+
+    def __init__(self, store: Store, settings: Settings) -> None:
+        self.store = store
+        self.settings = settings
+        self.lease = Lease(store.redis, store.keys.web_leader, LEADER_TTL_MS)
+        self.next_registration = 0.0
+        self._last_full_log = 0.0
+
+    def register(self, room: str) -> None:
+        key, expiry = self.store.keys.web_rooms, time.time() + ROOM_TTL
+        self.store.redis.zadd(key, {room: expiry})
+
+    def read(self, client: redis.Redis, local: list[str], stopping: bool) -> tuple[bool, list[str]]:
+        """(this process leads, the rooms of every process), in one round trip."""
+        now = time.time()
+        keys = self.store.keys
+        cap = self.settings.live_max_rooms_total
+        pipe = client.pipeline(transaction=False)
+        if now >= self.next_registration:
+            self.next_registration = now + ROOM_REFRESH
+            if local:
+                pipe.zadd(keys.web_rooms, {room: now + ROOM_TTL for room in local})
+        pipe.zremrangebyscore(keys.web_rooms, "-inf", now)
+        # a stopping process must not take the lead back
+        self.lease.claim(take=not stopping, client=pipe)
+        pipe.zrangebyscore(keys.web_rooms, now, "+inf", start=0, num=cap)
+        pipe.zcard(keys.web_rooms)
+        results = pipe.execute()
+        held, rooms, registered = results[-3:]
+        leader = self.lease.held = held == 1
+        if leader:
+            clock = time.monotonic()
+            if registered > cap and clock - self._last_full_log >= REFUSAL_LOG_EVERY:
+                self._last_full_log = clock
+                logger.warning(
+                    "live updates: %d rooms registered by all serve processes; "
+                    "serving %d (MONITOR_LIVE_MAX_ROOMS_TOTAL)",
+                    registered,
+                    cap,
+                )
+        return leader, list(rooms)
+
+    def release(self) -> None:
+        # Hand leadership over at once: a restarted process (or another one)
+        # must not wait LEADER_TTL_MS while changes go unpushed.
+        try:
+            self.lease.release()
+        except redis.RedisError:
+            pass
+
+
+class Hub:
+    """One app's live updates: tails the change feed and emits to the rooms.
+
+    Who is in which room is :class:`Rooms`; what a room gets is its kind's
+    (:data:`ROOM_KINDS`); which process pushes is :class:`SharedRooms`' lease.
+    """
+
+    def __init__(self, socketio: Any, settings: Settings, namespace: str = "/") -> None:
+        self.socketio = socketio
+        self.settings = settings
+        self.namespace = namespace
+        self.store = Store.from_settings(settings)
+        self.rooms = Rooms(settings)
+        self.shared_rooms = SharedRooms(self.store, settings)
+        self.redis_ok: bool | None = None
+        self.events_status: Callable[[], str] = lambda: "off"
+        self.snapshots = SnapshotCache()
+        self.schedule = Schedule()
+        self._redis_slots = threading.BoundedSemaphore(SUBSCRIBE_CONCURRENCY)
+        self._last_status: dict[str, Any] | None = None
+        self._lock = threading.Lock()
+        self._started = False
+        self._stop = threading.Event()
+        self._index = RoomIndex([])
+        self.pushes = 0
+
+    @property
+    def shared(self) -> bool:
+        """True when the Socket.IO server fans out through a message queue."""
+        server = getattr(self.socketio, "server", None)
+        return server is not None and isinstance(server.manager, PubSubManager)
+
+    def _bounded(self, work: Callable[[], Any]) -> Any:
+        """Run a subscribe's Redis work within the process's SUBSCRIBE_CONCURRENCY."""
+        if not self._redis_slots.acquire(timeout=10.0):
+            raise TimeoutError("too many subscribes waiting for Redis")
+        try:
+            return work()
+        finally:
+            self._redis_slots.release()
+
+    def register(self, room: str) -> None:
+        """Shared mode: make a new room known to the leader before acking the subscribe
+        (rooms already known are registered again every ROOM_REFRESH)."""
+        if self.shared:
+            self._bounded(lambda: self.shared_rooms.register(room))
 
     def status(self) -> dict[str, Any]:
         return {"redis": bool(self.redis_ok), "events": self.events_status()}
@@ -525,13 +827,8 @@ class Hub:
         self._release_leader()
 
     def _release_leader(self) -> None:
-        # Hand leadership over at once: a restarted process (or another one)
-        # must not wait LEADER_TTL_MS while changes go unpushed.
         if self.shared:
-            try:
-                self.store.redis.eval(_RELEASE_LEADER, 1, self.store.keys.web_leader, self._token)
-            except redis.RedisError:
-                pass
+            self.shared_rooms.release()
 
     def _emit(self, event: str, data: Any, room: str | None = None) -> None:
         self.socketio.emit(event, data, to=room, namespace=self.namespace)
@@ -564,7 +861,7 @@ class Hub:
                     last_id = info["last-generated-id"] if info else "0-0"
                 self._set_redis(True)
                 backoff = RECONNECT_START
-                self._next_registration = 0.0  # rooms may have expired meanwhile
+                self.shared_rooms.next_registration = 0.0  # rooms may have expired meanwhile
                 last_id = self._tail(client, last_id)
             except redis.RedisError as exc:
                 if self.redis_ok is not False:
@@ -588,14 +885,7 @@ class Hub:
         interval = self.settings.push_interval
         tasks: dict[str, dict[str, str]] = {}
         workers: set[str] = set()
-        deferred: set[str] = set()
         next_push = time.monotonic() + interval
-        last_refresh = 0.0
-        # Summary rooms (overview, workers) change with every event but need no
-        # more than one message a second; task rooms get push_interval. A tab
-        # thus gets at most 1/push_interval + 2 messages a second.
-        last_summary = 0.0
-        summary_tasks = summary_workers = False
         shared = self.shared
         leader = not shared
         backlog = Backlog()
@@ -605,162 +895,61 @@ class Hub:
             block = max(1, int((next_push - now) * 1000))
             response = client.xread({key: last_id}, count=XREAD_COUNT, block=min(block, 1000))
             for _stream, entries in response or ():
-                read_tasks: list[str] = []
-                read_workers: list[str] = []
+                read: dict[str, list[str]] = {"task": [], "worker": []}
                 for entry_id, fields in entries:
                     last_id = entry_id
                     if fields.get("kind") == "task":
                         task_id = fields.get("id", "")
                         tasks.pop(task_id, None)  # keep arrival order: newest last
                         tasks[task_id] = fields
-                        read_tasks.append(task_id)
+                        read["task"].append(task_id)
                         if fields.get("worker"):
                             workers.add(fields["worker"])
                     elif fields.get("kind") == "worker":
                         workers.add(fields.get("id", ""))
-                        read_workers.append(fields.get("id", ""))
+                        read["worker"].append(fields.get("id", ""))
                 # Every process tails the feed, so every process's cache hears of changes.
-                self.snapshots.invalidate(read_tasks, read_workers)
+                self.snapshots.invalidate(read)
             self._check_status()
             now = time.monotonic()
             if now < next_push:
                 continue
-            refresh = now - last_refresh >= REFRESH_EVERY
             # Rooms are read at every push: a room subscribed just before a
             # change must get it (subscribe registers the room before its ack).
             if shared:
-                leader, rooms = self._registry(client)
+                leader, rooms = self.shared_rooms.read(
+                    client, self.rooms.local(), self._stop.is_set()
+                )
             else:
-                rooms = self.local_rooms()
+                rooms = self.rooms.local()
             if rooms != self._index.rooms:
                 self._index = RoomIndex(rooms)
-            summary_tasks = summary_tasks or bool(tasks)
-            summary_workers = summary_workers or bool(workers)
-            summary_due = now - last_summary >= SUMMARY_INTERVAL
-            overview = refresh or (summary_due and (summary_tasks or summary_workers))
-            workers_list = refresh or (summary_due and summary_workers)
             if not leader:
                 backlog.keep(tasks, workers, now)
-            elif backlog:
-                tasks, workers = backlog.take(tasks, workers)
-            if leader and rooms and (tasks or workers or deferred or overview or workers_list):
-                deferred = self._push(self._index, tasks, workers, overview, workers_list, deferred)
+                self.schedule.reset()
             else:
-                deferred = set()
-            if summary_due:
-                last_summary = now
-                summary_tasks = summary_workers = False
-            if refresh:
-                last_refresh = now
+                if backlog:
+                    tasks, workers = backlog.take(tasks, workers)
+                changed = {k for k, v in (("task", tasks), ("worker", workers)) if v}
+                due = self.schedule.due(self._index, changed, now)
+                if due:
+                    self._push(self._index, tasks, workers, due)
             tasks, workers = {}, set()
             next_push = max(now, next_push) + interval
             if next_push < now:
                 next_push = now + interval
         return last_id
 
-    def _registry(self, client: redis.Redis) -> tuple[bool, list[str]]:
-        """Share rooms across serve processes; True when this process is the leader.
-
-        A process's rooms are registered when first subscribed and again every
-        ROOM_REFRESH; the leader reads at most ``live_max_rooms_total`` of them.
-        """
-        now = time.time()
-        keys = self.store.keys
-        cap = self.settings.live_max_rooms_total
-        pipe = client.pipeline(transaction=False)
-        if now >= self._next_registration:
-            self._next_registration = now + ROOM_REFRESH
-            local = self.local_rooms()
-            if local:
-                pipe.zadd(keys.web_rooms, {room: now + ROOM_TTL for room in local})
-        pipe.zremrangebyscore(keys.web_rooms, "-inf", now)
-        # a stopping process must not take the lead back
-        take = "0" if self._stop.is_set() else "1"
-        self._claim(keys=[keys.web_leader], args=[self._token, LEADER_TTL_MS, take], client=pipe)
-        pipe.zrangebyscore(keys.web_rooms, now, "+inf", start=0, num=cap)
-        pipe.zcard(keys.web_rooms)
-        results = pipe.execute()
-        held, rooms, registered = results[-3:]
-        leader = held == 1
-        if leader:
-            clock = time.monotonic()
-            if registered > cap and clock - self._last_full_log >= REFUSAL_LOG_EVERY:
-                self._last_full_log = clock
-                logger.warning(
-                    "live updates: %d rooms registered by all serve processes; "
-                    "serving %d (MONITOR_LIVE_MAX_ROOMS_TOTAL)",
-                    registered,
-                    cap,
-                )
-        return leader, list(rooms)
-
     def _push(
         self,
         index: RoomIndex,
         tasks: dict[str, dict[str, str]],
         workers: set[str],
-        overview: bool = True,
-        workers_list: bool = True,
-        deferred: set[str] | None = None,
-    ) -> set[str]:
-        """One coalesced push; returns the task rooms' ids left for the next one."""
-        store = self.store
-        # Group the changes by what filters look at: rooms are then looked up
-        # once per (name, worker, state), not once per change.
-        groups: dict[tuple[str, str, str], list[str]] = {}
-        by_host: dict[str, list[str]] = {}
-        details: list[str] = []
-        order: dict[str, int] = {}
-        for position, task_id in enumerate(reversed(tasks)):  # newest first
-            change = tasks[task_id]
-            order[task_id] = position
-            host = change.get("worker", "")
-            groups.setdefault((change.get("name", ""), host, change.get("state", "")), []).append(
-                task_id
-            )
-            if host in index.hosts:
-                ids = by_host.setdefault(host, [])
-                if len(ids) < MAX_ROWS:
-                    ids.append(task_id)
-            if task_id in index.task_ids:
-                details.append(task_id)
-        wanted: dict[str, list[str]] = {}
-        for (name, host, state), ids in groups.items():
-            for room in index.lists_for(name, host, state):
-                wanted.setdefault(room, []).extend(ids[:MAX_ROWS])
-        for ids in wanted.values():
-            if len(ids) > 1:
-                ids.sort(key=order.__getitem__)
-                del ids[MAX_ROWS:]
-        row_ids = {i for ids in wanted.values() for i in ids}
-        row_ids.update(i for ids in by_host.values() for i in ids)
-        rows = {r["id"]: r for r in store.get_tasks(list(row_ids))} if row_ids else {}
-        if rows and store.settings.hide_args_from_viewers:
-            rows = {i: visible_row(r, False) for i, r in rows.items()}
-
-        if overview and "overview" in index.summary:
-            self._emit("overview", api.stats(store), "overview")
-        if workers_list and "workers" in index.summary:
-            self._emit("workers", {"workers": store.workers()}, "workers")
-        for room, ids in wanted.items():
-            found = [rows[i] for i in ids if i in rows]
-            if found:
-                self._emit("tasks", {"rows": found}, room)
-        if deferred:
-            details.extend(i for i in deferred if i in index.task_ids and i not in order)
-        for task_id in details[:MAX_DETAILS]:
-            task = api.task_detail(store, task_id, not store.settings.hide_args_from_viewers)
-            if task is not None:
-                self._emit("task", {"task": task}, "task:" + task_id)
-        for host in set(by_host) | (workers & index.hosts):
-            # The worker hash may not exist yet (signals only, no heartbeat
-            # seen): its task rows are still worth sending.
-            info = store.worker(host)
-            found = [rows[i] for i in by_host.get(host, ()) if i in rows]
-            if info is not None or found:
-                self._emit("worker", {"worker": info, "rows": found}, "worker:" + host)
+        due: Iterable[str] = tuple(ROOM_KINDS),
+    ) -> None:
+        """One coalesced push of the ``due`` kinds."""
+        run_push(Push(self.store, tasks, workers, self._emit), index, due, self.schedule.states)
         self.pushes += 1
-        return set(details[MAX_DETAILS:])
 
 
 def register_handlers(socketio: Any, hub: Hub, namespace: str = "/") -> None:
@@ -777,7 +966,7 @@ def register_handlers(socketio: Any, hub: Hub, namespace: str = "/") -> None:
 
     def refused(reason: str, message: str) -> dict[str, Any]:
         sid = request.sid
-        if hub.refuse(sid, reason):
+        if hub.rooms.refuse(sid, reason):
             logger.warning(
                 "live updates: closing connection %s after %d refusals", sid, ABUSE_LIMIT
             )
@@ -802,16 +991,16 @@ def register_handlers(socketio: Any, hub: Hub, namespace: str = "/") -> None:
 
     @socketio.on("disconnect", namespace=namespace)
     def _disconnect(*_args: Any) -> None:
-        hub.disconnect(request.sid)
+        hub.rooms.disconnect(request.sid)
 
     @socketio.on("subscribe", namespace=namespace)
     def _subscribe(payload: Any = None) -> dict[str, Any]:
         sid = request.sid
-        if not hub.admit(sid):
+        if not hub.rooms.admit(sid):
             return refused("rate", "too many subscribes; slow down")
         try:
             room = room_name(payload)
-            new = hub.join(sid, room)
+            new = hub.rooms.join(sid, room)
         except RoomRefused as exc:
             return refused("rooms", str(exc))
         except RoomError as exc:
@@ -838,12 +1027,12 @@ def register_handlers(socketio: Any, hub: Hub, namespace: str = "/") -> None:
     @socketio.on("unsubscribe", namespace=namespace)
     def _unsubscribe(payload: Any = None) -> dict[str, Any]:
         sid = request.sid
-        if not hub.admit(sid):
+        if not hub.rooms.admit(sid):
             return refused("rate", "too many requests; slow down")
         try:
             room = room_name(payload)
         except RoomError as exc:
             return refused("invalid", str(exc))
         socketio.server.leave_room(sid, room, namespace=namespace)
-        hub.leave(sid, room)
+        hub.rooms.leave(sid, room)
         return {"ok": True, "room": room}

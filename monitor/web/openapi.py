@@ -8,8 +8,8 @@ from typing import Any
 from flask import Blueprint, current_app, jsonify
 
 from .. import __version__
-from ..store import LIST_FIELDS, MAX_KEY_PART
-from .api import MAX_STATS_MINUTES
+from ..store import MAX_KEY_PART
+from ..vocabulary import LIST_FIELDS, SORT_FIELDS
 from .flower_api import FLOWER_SORT_BY, MAX_FLOWER_LIMIT, MAX_FLOWER_OFFSET
 from .inspect import REFRESH_REUSE, REFRESH_WAIT
 from .queries import (
@@ -18,10 +18,10 @@ from .queries import (
     MAX_LIMIT,
     MAX_NAMES,
     MAX_STATES,
+    MAX_STATS_MINUTES,
     MAX_TEXT,
     SCAN_BUDGET,
     SCAN_SECONDS,
-    SORT_FIELDS,
     SORT_LIMIT,
 )
 

@@ -4,8 +4,9 @@ Each page renders ``page.html`` with the page's name and parameters; the
 JavaScript (``static/monitor/monitor.js``) draws it from the REST API and the
 Socket.IO rooms. URLs follow Flower's so existing bookmarks keep working.
 The page's config (who is looking, may they act, the CSRF token its POSTs
-carry) travels as JSON in a non-executable ``<script type="application/json">``:
-the Content-Security-Policy allows no inline script. The header (user, log
+carry, the state names of :mod:`monitor.vocabulary`) travels as JSON in a
+non-executable ``<script type="application/json">``: the
+Content-Security-Policy allows no inline script. The header (user, log
 out) is rendered here, so it works before any script runs.
 """
 
@@ -16,6 +17,7 @@ from typing import Any
 from flask import current_app, render_template, url_for
 
 from ..auth import Role
+from ..vocabulary import PAGE_STATES, RETRIABLE_STATES, UNFINISHED_STATES
 from . import security
 from .blueprint import bp
 
@@ -33,6 +35,9 @@ def _page(page: str, title: str, scripts: tuple[str, ...] = (), **params: Any) -
         "socketio_path": ext.socketio_path,
         "socketio_namespace": ext.namespace,
         "static": url_for("monitor.static", filename=""),
+        # the state vocabulary, so that no script spells it again
+        "states": list(PAGE_STATES),
+        "bulk_states": {"retry": list(RETRIABLE_STATES), "revoke": list(UNFINISHED_STATES)},
         **security.page_config(),  # who is looking, may they act, CSRF token
     }
     user = config.get("user")

@@ -51,7 +51,9 @@ from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Any
 
-from ..store import LIST_FIELDS, MAX_KEY_PART, Store
+from ..store import MAX_KEY_PART, MAX_MEMBERS, Store
+from ..vocabulary import FILTER_FIELDS, LIST_FIELDS, SEARCH_FIELDS, SORT_FIELDS, state_word
+from .visibility import visible_task
 
 logger = logging.getLogger(__name__)
 
@@ -86,10 +88,13 @@ MAX_STATES = 16
 MAX_TEXT = 1000
 #: Task names returned by the task-names endpoints, most recently seen first.
 MAX_NAMES = 10_000
-SORT_FIELDS = ("updated", "name", "state", "worker", "received", "started", "succeeded", "runtime")
-SEARCH_FIELDS = ("args", "kwargs", "result", "exception")
-#: What a filter tests on each scanned task (the first field tells a task that is gone).
-FILTER_FIELDS = ("state", "name", "worker")
+#: Children whose rows are inlined in a task's detail (more are listed by id only).
+MAX_CHILD_ROWS = 200
+MAX_STATS_MINUTES = 24 * 60
+#: Minutes of counters read per round trip.
+STATS_WINDOW = 60
+#: Counter fields one stats request reads at most (a day with many task names).
+STATS_FIELDS_BUDGET = 200_000
 _STATE_RE = re.compile(r"[A-Z0-9_]{1,64}")
 _INT_RE = re.compile(r"\s*([+-]?)([0-9]+)\s*")
 _NUMERIC_SORT = frozenset({"received", "started", "succeeded", "runtime", "timestamp"})
@@ -693,6 +698,45 @@ def scan(
             return
 
 
+#: One match of a bounded scan: (id, values of the fields, the cursor just after it).
+Found = tuple[str, list[Any], tuple[float, int] | None]
+
+
+def take(
+    store: Store,
+    walk: IndexWalk,
+    fields: Sequence[str],
+    match: Callable[[str, Sequence[Any]], bool],
+    budget: Budget,
+    limit: int,
+    skip: int = 0,
+) -> tuple[list[Found], bool]:
+    """The bounded scan every filtered read uses: up to ``limit`` matches after the
+    first ``skip`` ones (counted, not kept), within the budget; True when the
+    page is full (``limit`` reached), False when the walk or the budget ended."""
+    found: list[Found] = []
+    skipped = 0
+    for task_id, values in scan(store, walk, fields, match, budget):
+        if skipped < skip:
+            skipped += 1
+            continue
+        found.append((task_id, values, walk.position))
+        if len(found) >= limit:
+            return found, True
+    return found, False
+
+
+def filters_match(
+    states: Sequence[str], name: str | None, worker: str | None
+) -> Callable[[str, Sequence[Any]], bool]:
+    """A scan's ``match`` testing the FILTER_FIELDS only."""
+
+    def match(_task_id: str, values: Sequence[Any]) -> bool:
+        return matches_filters(states, name, worker, values)
+
+    return match
+
+
 def iter_rows(
     store: Store, ids: Sequence[str], fields: Sequence[str], budget: Budget
 ) -> Iterator[tuple[int, list[dict[str, Any]]]]:
@@ -799,26 +843,11 @@ def _page_from_scan(
     }
 
 
-def _collect(
-    matches: Iterator[tuple[str, list[Any]]], walk: IndexWalk, limit: int
-) -> tuple[list[tuple[str, tuple[float, int] | None]], bool]:
-    """Up to ``limit`` matches with the cursor after each; True when the page is full."""
-    found: list[tuple[str, tuple[float, int] | None]] = []
-    for task_id, _ in matches:
-        found.append((task_id, walk.position))
-        if len(found) >= limit:
-            return found, True
-    return found, False
-
-
 def _filtered_page(store: Store, query: TaskQuery, where: Plan, budget: Budget) -> dict[str, Any]:
     walk = _walk(store, query, where)
-
-    def match(_task_id: str, values: Sequence[Any]) -> bool:
-        return matches_filters(query.states, query.name, query.worker, values)
-
-    found, full = _collect(scan(store, walk, FILTER_FIELDS, match, budget), walk, query.limit)
-    return _page_from_scan(store, walk, found, budget, full)
+    match = filters_match(query.states, query.name, query.worker)
+    found, full = take(store, walk, FILTER_FIELDS, match, budget, query.limit)
+    return _page_from_scan(store, walk, [(i, pos) for i, _, pos in found], budget, full)
 
 
 def _search(store: Store, query: TaskQuery, where: Plan, budget: Budget) -> dict[str, Any]:
@@ -842,9 +871,10 @@ def _search(store: Store, query: TaskQuery, where: Plan, budget: Budget) -> dict
             v is not None and needle in v.lower() for v in values[3:]
         )
 
-    matches = scan(store, walk, (*FILTER_FIELDS, *SEARCH_FIELDS), match, budget)
-    more, full = _collect(matches, walk, query.limit - len(found))
-    return _page_from_scan(store, walk, found + more, budget, full)
+    fields = (*FILTER_FIELDS, *SEARCH_FIELDS)
+    more, full = take(store, walk, fields, match, budget, query.limit - len(found))
+    found.extend((i, pos) for i, _, pos in more)
+    return _page_from_scan(store, walk, found, budget, full)
 
 
 def sort_value(row: Mapping[str, Any], field: str) -> Any:
@@ -868,11 +898,8 @@ def sorted_ids(
     budget: Budget,
 ) -> list[str]:
     """Ids of the first SORT_LIMIT matches, sorted by ``field`` (missing values last)."""
-    rows = []
-    for task_id, values in scan(store, walk, (*fields, field), match, budget):
-        rows.append({"id": task_id, field: values[-1]})
-        if len(rows) >= SORT_LIMIT:
-            break
+    found, _ = take(store, walk, (*fields, field), match, budget, SORT_LIMIT)
+    rows = [{"id": task_id, field: values[-1]} for task_id, values, _ in found]
     present = [r for r in rows if sort_value(r, field)[0] == 0]
     missing = [r["id"] for r in rows if sort_value(r, field)[0] != 0]
     present.sort(key=lambda r: sort_value(r, field), reverse=desc)
@@ -892,10 +919,7 @@ def _sorted_in_memory(
             f"({total} match); use the default sort (updated)"
         )
     walk = IndexWalk(store, where.keys, True, query.since, query.until, None)
-
-    def match(_task_id: str, values: Sequence[Any]) -> bool:
-        return matches_filters(query.states, query.name, query.worker, values)
-
+    match = filters_match(query.states, query.name, query.worker)
     ordered = sorted_ids(store, walk, match, FILTER_FIELDS, query.sort, query.desc, budget)
     offset = query.cursor[1] if query.cursor else 0
     page = ordered[offset : offset + query.limit]
@@ -991,17 +1015,146 @@ def offset_page(
         else:
             return
     else:
-        ids = []
-        skipped = 0
-        for task_id, _ in scan(store, walk, test, match, budget):
-            if skipped < query.offset:
-                skipped += 1  # counted, not kept
-                continue
-            ids.append(task_id)
-            if len(ids) >= query.limit:
-                break
+        found, _ = take(store, walk, test, match, budget, query.limit, skip=query.offset)
+        ids = [task_id for task_id, _, _ in found]
     for _, rows in iter_rows(store, ids, fields, budget):
         yield rows
+
+
+# -- one task, stats --------------------------------------------------------
+
+
+def task_detail(store: Store, task_id: str, can_see_args: bool = True) -> dict[str, Any] | None:
+    """GET /api/v1/tasks/<id> body (also pushed to a task room), as a caller who
+    may (or may not) see arguments and results sees it (monitor.web.visibility;
+    the republish payload is never shown)."""
+    task = store.get_task(task_id)
+    if task is None:
+        return None
+    children = task.get("children") or []
+    if children and len(children) <= MAX_CHILD_ROWS:
+        task["children_rows"] = store.get_tasks(children)
+    # Is the worker that has (or had) this task alive, by Celery's heartbeat
+    # rule? A RECEIVED/STARTED task on an offline worker may be lost: the page
+    # says so instead of showing it as running. None: no worker known.
+    worker = store.worker(task["worker"]) if task.get("worker") else None
+    task["worker_online"] = worker["online"] if worker is not None else None
+    return visible_task(task, can_see_args)
+
+
+def _minute_windows(
+    store: Store, minutes: int, now: float, budget: Budget
+) -> Iterator[dict[str, Any]]:
+    """Per-minute counters, newest hour first, an hour per round trip, within the budget.
+
+    A day is 1,440 hashes, each with a few fields per task name: read at once it
+    would be one long slice of this process (and, with many names, a lot of
+    memory). Stops after STATS_FIELDS_BUDGET fields or the request's time.
+    """
+    last = int(now // 60)
+    first = last - minutes + 1
+    fields = 0
+    while last >= first:
+        n = min(STATS_WINDOW, last - first + 1)
+        window = store.minute_stats(n, last * 60.0)
+        for entry in reversed(window):
+            fields += len(entry["counters"])
+            yield entry
+        last -= n
+        pause()
+        if last >= first and (fields >= STATS_FIELDS_BUDGET or budget.time_over()):
+            budget.cut = True
+            return
+
+
+def _count(value: Any) -> float:
+    number = finite_float(value)
+    return 0.0 if number is None else number
+
+
+def stats(store: Store, minutes: int = 60, now: float | None = None) -> dict[str, Any]:
+    """GET /api/v1/stats body (also the "overview" push).
+
+    ``partial`` is true when the per-minute counters were too many to read
+    within the request's budget: ``minutes`` then starts later than asked.
+    """
+    now = time.time() if now is None else now
+    budget = Budget()
+    per_minute = []
+    runtime_sum: dict[str, float] = {}
+    runtime_count: dict[str, int] = {}
+    failures: dict[str, int] = {}
+    for entry in _minute_windows(store, minutes, now, budget):
+        row: dict[str, Any] = {"minute": entry["minute"]}
+        for field, value in entry["counters"].items():
+            if field.startswith("state:"):
+                row[state_word(field[6:])] = int(_count(value))
+            elif field.startswith("rtsum:"):
+                name = field[6:]
+                runtime_sum[name] = runtime_sum.get(name, 0.0) + _count(value)
+            elif field.startswith("rtcnt:"):
+                name = field[6:]
+                runtime_count[name] = runtime_count.get(name, 0) + int(_count(value))
+            elif field.startswith("name:") and field.endswith(":FAILURE"):
+                name = field[5:-8]
+                failures[name] = failures.get(name, 0) + int(_count(value))
+        for key in ("received", "started", "succeeded", "failed", "retried"):
+            row.setdefault(key, 0)
+        per_minute.append(row)
+    per_minute.reverse()  # oldest first
+    slowest = sorted(
+        (
+            {"name": n, "avg_runtime": runtime_sum[n] / c, "count": c}
+            for n, c in runtime_count.items()
+            if c and n in runtime_sum
+        ),
+        key=lambda r: r["avg_runtime"],
+        reverse=True,
+    )[:10]
+    failing = sorted(
+        ({"name": n, "failures": f} for n, f in failures.items() if f),
+        key=lambda r: r["failures"],
+        reverse=True,
+    )[:10]
+    workers = store.workers(now)
+    online = sum(1 for w in workers if w["online"])
+    meta = store.meta()
+    return {
+        "counts": store.state_counts(),
+        "workers": {"online": online, "offline": len(workers) - online},
+        "minutes": per_minute,
+        "slowest": slowest,
+        "failing": failing,
+        "dropped": {k[8:]: v for k, v in meta.items() if k.startswith("dropped:")},
+        "malformed": sum(v for k, v in meta.items() if k.startswith("malformed")),
+        "partial": budget.cut,
+    }
+
+
+# -- Flower's reads, and small ones ----------------------------------------------
+
+
+def task_fields(
+    store: Store, task_id: str, fields: Sequence[str] | None = None
+) -> dict[str, str] | None:
+    """The stored fields of one task (all, or ``fields`` that are set), None when unknown."""
+    key = store.keys.task(task_id)
+    if fields is None:
+        return store.redis.hgetall(key) or None
+    values = store.redis.hmget(key, fields)
+    found = {k: v for k, v in zip(fields, values, strict=True) if v is not None}
+    return found if found.get("state") else None
+
+
+def task_children(store: Store, task_id: str) -> list[str]:
+    """Ids of a task's children, sorted; at most MAX_MEMBERS of them (a task may
+    have started 100,000 children)."""
+    return sorted(store.redis.srandmember(store.keys.children(task_id), MAX_MEMBERS))
+
+
+def task_name_known(store: Store, name: str) -> bool:
+    """Has the store seen a task of this name?"""
+    return store.redis.zscore(store.keys.task_names, name) is not None
 
 
 def task_names(store: Store) -> list[str]:

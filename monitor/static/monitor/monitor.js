@@ -16,8 +16,8 @@
   var main = document.getElementById("main");
   var conn = document.getElementById("conn");
   var RENDER_MS = 250;
-  var STATES = ["PENDING", "RECEIVED", "STARTED", "PROGRESS", "RETRY", "SUCCESS", "FAILURE",
-                "REVOKED", "REJECTED"];
+  // The state names come from the server (monitor/vocabulary.py), never spelled here.
+  var STATES = CFG.states;
 
   // -- DOM helpers ------------------------------------------------------------
   function h(tag, attrs) {
@@ -1298,8 +1298,7 @@
   }
 
   // -- bulk: filter -> dry run (count, sample) -> confirm -> live progress -> summary ------
-  var BULK_STATES = {retry: ["FAILURE", "REVOKED", "REJECTED"],
-                     revoke: ["PENDING", "RECEIVED", "STARTED", "RETRY"]};
+  var BULK_STATES = CFG.bulk_states;
   var BULK_MAX = 1000;
   pages.bulk = function () {
     var url = new URLSearchParams(location.search);

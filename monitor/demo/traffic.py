@@ -1,6 +1,6 @@
 """The demo's producer: a separate process that sends a realistic task mix.
 
-``monitor demo`` runs it as ``python -m monitor.demo_traffic --rate R``, the way
+``monitor demo`` runs it as ``python -m monitor.demo.traffic --rate R``, the way
 a user's Flask app publishes tasks from its own process (the hooks record
 PENDING here). It runs apart from the dashboard on purpose: Celery's Redis
 result backend subscribes to every sent task's result and unsubscribes when
@@ -25,7 +25,7 @@ def send_traffic(stop: threading.Event, rate: float = 2.0) -> None:
     """Send a realistic mix of tasks until ``stop`` is set."""
     from celery import chain, chord, group
 
-    from . import demo_app as d
+    from . import app as d
 
     senders = [
         (30, lambda: d.add.delay(random.randint(1, 100), random.randint(1, 100))),
@@ -54,7 +54,7 @@ def send_traffic(stop: threading.Event, rate: float = 2.0) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m monitor.demo_traffic")
+    parser = argparse.ArgumentParser(prog="python -m monitor.demo.traffic")
     parser.add_argument("--rate", type=float, default=2.0, help="tasks sent per second")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(name)s: %(message)s")
