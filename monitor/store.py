@@ -498,7 +498,9 @@ class Store:
 
     # -- statistics ------------------------------------------------------------
     def minute_stats(self, minutes: int = 60, now: float | None = None) -> list[dict[str, Any]]:
-        """Per-minute counters for the last ``minutes`` minutes, oldest first."""
+        """The last ``minutes`` minutes, oldest first: ``{"minute", "counters" (the
+        global hash), "names" (the per-name hash: ``<field>|<name>``)}``, fields
+        spelled in monitor/vocabulary.py. (Windowed reads: monitor.history.)"""
         now = time.time() if now is None else now
         last = int(now // 60)
         first = last - minutes + 1
@@ -508,12 +510,10 @@ class Store:
             pipe.hgetall(key)
             pipe.hgetall(self.keys.stats_names(key))
         raw = pipe.execute()
-        out = []
-        for i, minute in enumerate(range(first, last + 1)):
-            counters = raw[2 * i]
-            counters.update(_legacy_names(raw[2 * i + 1]))
-            out.append({"minute": minute * 60, "counters": counters})
-        return out
+        return [
+            {"minute": minute * 60, "counters": raw[2 * i], "names": raw[2 * i + 1]}
+            for i, minute in enumerate(range(first, last + 1))
+        ]
 
     # -- maintenance -------------------------------------------------------
     def delete_all(self) -> int:
@@ -528,29 +528,6 @@ class Store:
         if batch:
             deleted += self.redis.unlink(*batch)
         return deleted
-
-
-def _legacy_names(fields: dict[str, str]) -> dict[str, str]:
-    """Per-name fields in the spelling the overview (``api.stats``) reads:
-    ``name:<n>:<STATE>``, ``rtsum:<n>``, ``rtcnt:<n>``. (Until the overview reads
-    monitor.history; the hashes themselves use monitor/vocabulary.py's.)"""
-    out: dict[str, str] = {}
-    counts: dict[str, int] = {}
-    v = vocabulary
-    for field, value in fields.items():
-        base, _, name = field.partition(v.STAT_SCOPE)
-        if base.startswith(v.STAT_STATE):
-            out[f"name:{name}:{base[len(v.STAT_STATE) :]}"] = value
-        elif base == v.STAT_RUNTIME_SUM:
-            out[f"rtsum:{name}"] = value
-        elif base.startswith(v.STAT_RUNTIME):
-            try:
-                counts[name] = counts.get(name, 0) + int(value)
-            except ValueError:
-                continue
-    for name, n in counts.items():
-        out[f"rtcnt:{name}"] = str(n)
-    return out
 
 
 def _seconds(value: float) -> int:

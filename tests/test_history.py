@@ -231,3 +231,18 @@ def test_history_api(client, store):
     spec = client.get("/api/openapi.json").get_json()
     params = spec["paths"]["/api/v1/history"]["get"]["parameters"]
     assert [p["name"] for p in params] == ["window", "name", "worker"]
+
+
+def test_counts_by_name(store: Store):
+    t = time.time() - 30
+    events = lifecycle("c1", t, name="proj.c") + lifecycle("c2", t, name="proj.c", state="FAILURE")
+    events += lifecycle("d1", t, name="proj.d", state="FAILURE")
+    store.apply(events)
+    assert history.counts_by_name(store, 600) == {
+        "proj.c": {"SUCCESS": 1, "FAILURE": 1},
+        "proj.d": {"SUCCESS": 0, "FAILURE": 1},
+    }
+    assert history.counts_by_name(store, 86400, states=("RECEIVED",)) == {
+        "proj.c": {"RECEIVED": 2},
+        "proj.d": {"RECEIVED": 1},
+    }
