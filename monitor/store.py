@@ -58,6 +58,9 @@ MAX_TASK_FIELDS = 200
 STATS_FIELDS = 2_000
 #: The same for an hourly hash (a name spreads over more buckets in an hour).
 STATS_HOUR_FIELDS = 5_000
+#: Fields of a global stats hash past which new custom states are not counted
+#: (Celery's states, the buckets and the sums take at most 52).
+STATS_GLOBAL_FIELDS = 100
 #: The task hash field holding its queue wait (received - sent, seconds): the
 #: store's own (the script counts it once, and this field says it did).
 QUEUE_WAIT_FIELD = "queue_wait"
@@ -314,7 +317,7 @@ class Store:
                     "h": _seconds(s.stats_hours_ttl),
                     "hn": _seconds(s.stats_scoped_hours_ttl),
                 },
-                "cap": {"mn": STATS_FIELDS, "hn": STATS_HOUR_FIELDS},
+                "cap": {"mn": STATS_FIELDS, "hn": STATS_HOUR_FIELDS, "g": STATS_GLOBAL_FIELDS},
                 "mt": vocabulary.metrics_spelling(),
                 "mcap": {
                     "name": s.metrics_max_names,

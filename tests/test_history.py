@@ -246,3 +246,18 @@ def test_counts_by_name(store: Store):
         "proj.c": {"RECEIVED": 2},
         "proj.d": {"RECEIVED": 1},
     }
+
+
+def test_invented_states_cannot_grow_a_global_hash(store: Store):
+    for i in range(30):
+        store.apply(
+            [TaskEvent(f"s{i}-{j}", f"CUSTOM_{i}_{j}", MINUTE, "event", "w", {}) for j in range(10)]
+            + lifecycle(f"ok{i}", MINUTE + 1),
+            now=NOW + 3000,
+        )
+    key = store.keys.stats(int(MINUTE // 60))
+    fields = store.redis.hgetall(key)
+    assert store_module.STATS_GLOBAL_FIELDS <= len(fields) < store_module.STATS_GLOBAL_FIELDS + 12
+    assert int(fields["state:SUCCESS"]) == 30  # Celery's states always count
+    hourly = store.redis.hlen(store.keys.stats_hour(int(MINUTE // 3600)))
+    assert hourly < store_module.STATS_GLOBAL_FIELDS + 12

@@ -793,11 +793,18 @@ local function incr(key, field, n)
   end
 end
 for key, by_scope in pairs(scoped) do
-  local full = redis.call('HLEN', key) >= key_cap[key]
+  -- Fields added so far count as new (an upper bound), so the hash passes its
+  -- cap by one scope's fields at most.
+  local size, cap = redis.call('HLEN', key), key_cap[key]
   for scope, fields in pairs(by_scope) do
     local target = scope
-    if full and redis.call('HEXISTS', key, F_SEEN .. SCOPE .. scope) == 0 then target = OTHER end
+    if size >= cap and redis.call('HEXISTS', key, F_SEEN .. SCOPE .. scope) == 0 then
+      target = OTHER
+    end
     local suffix = SCOPE .. target
+    if target ~= OTHER then
+      for _ in pairs(fields) do size = size + 1 end
+    end
     for field, n in pairs(fields) do
       if field == F_RTSUM or field == F_QWSUM then
         redis.call('HINCRBYFLOAT', key, field .. suffix, n)
@@ -809,7 +816,19 @@ for key, by_scope in pairs(scoped) do
   redis.call('EXPIRE', key, key_ttl[key])
 end
 for key, fields in pairs(stats) do
-  for field, n in pairs(fields) do incr(key, field, n) end
+  -- Global hashes hold Celery's states, the buckets and the sums; custom states
+  -- (PROGRESS ...) join them while they have fewer than cap.g fields, so a
+  -- producer inventing states cannot grow them either.
+  local full = nil
+  for field, n in pairs(fields) do
+    local state = sub(field, 1, #F_STATE) == F_STATE and sub(field, #F_STATE + 1)
+    if state and not ranks[state] then
+      if full == nil then full = redis.call('HLEN', key) >= CAP.g end
+      if not full or redis.call('HEXISTS', key, field) == 1 then incr(key, field, n) end
+    else
+      incr(key, field, n)
+    end
+  end
   redis.call('EXPIRE', key, key_ttl[key])
 end
 
@@ -887,14 +906,18 @@ do
     end
   end
   if #order_s > 0 then
-    local full = redis.call('HLEN', K_TOTALS) >= MCAP.series
+    local size = redis.call('HLEN', K_TOTALS)  -- fields added count as new: an upper bound
     for _, base in ipairs(order_s) do
       local s = series[base]
       local target = base
-      if full then
+      if size >= MCAP.series then
         -- a counter's anchor is its field, a histogram's its sum
         local anchor = next(s.floats) and (base .. SEP .. MT.sum) or base
         if redis.call('HEXISTS', K_TOTALS, anchor) == 0 then target = s.fold end
+      end
+      if target == base then
+        for _ in pairs(s.ints) do size = size + 1 end
+        for _ in pairs(s.floats) do size = size + 1 end
       end
       for suffix, n in pairs(s.ints) do redis.call('HINCRBY', K_TOTALS, target .. suffix, n) end
       for suffix, x in pairs(s.floats) do
