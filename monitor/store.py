@@ -57,10 +57,10 @@ MAX_TASK_FIELDS = 200
 #: minute (its states, a few runtime and queue-wait buckets, sums, its anchor).
 STATS_FIELDS = 2_000
 #: The same for an hourly hash (a name spreads over more buckets in an hour).
-STATS_HOUR_FIELDS = 5_000
+STATS_HOUR_FIELDS = 3_000
 #: Fields of a global stats hash past which new custom states are not counted
 #: (Celery's states, the buckets and the sums take at most 52).
-STATS_GLOBAL_FIELDS = 100
+STATS_GLOBAL_FIELDS = 64
 #: The task hash field holding its queue wait (received - sent, seconds): the
 #: store's own (the script counts it once, and this field says it did).
 QUEUE_WAIT_FIELD = "queue_wait"

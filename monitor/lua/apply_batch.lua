@@ -35,8 +35,9 @@
 --          stream_maxlen, dedup_window, purge_after, clock_skew, max_fields, max_key_len,
 --          owned[fields no record may set], sf (stats field spelling: monitor/vocabulary.py
 --          stats_spelling), ttl{m, mn, h, hn} (seconds the global and the per-name/-worker
---          per-minute and hourly stats hashes are kept), cap{mn, hn} (fields of one
---          per-name/-worker hash past which new names count under sf.other),
+--          per-minute and hourly stats hashes are kept), cap{mn, hn, g} (fields of one
+--          per-name/-worker hash past which new names count under sf.other; of a global
+--          one past which new custom states are not counted),
 --          max_queues (issue 10, queues), mt (totals' spelling: vocabulary.metrics_spelling),
 --          mcap{name, hostname, queue, exception, series} (label and field caps of the totals)
 -- ARGV[3]  now (seconds since the epoch, as text)
