@@ -123,7 +123,9 @@ def known_load_counted(serve: ServeProcess, labels: dict, extra: int = 0) -> dic
         "celery_task_failed_total": M,
         "celery_task_retried_total": K,
         "celery_task_received_total": N + M + 2 * K + extra,
+        "celery_task_started_total": N + M + 2 * K + extra,
         "celery_task_runtime_count": N + K + extra,
+        "celery_task_queue_wait_time_count": N + M + K + extra,
     }
     ok = all(total(fams, name, **labels) == n for name, n in want.items())
     return fams if ok else None
@@ -199,6 +201,12 @@ def test_shipped_rules_pass_promtool_and_query_only_exposed_metrics(cluster):
     )
     assert result.returncode == 0, result.stdout + result.stderr
     assert "SUCCESS" in result.stdout
+    # and they fire on the series /metrics exposes (and stay quiet otherwise)
+    result = subprocess.run(
+        ["promtool", "test", "rules", RULES.with_suffix(".test.yml").name],
+        capture_output=True, text=True, timeout=60, cwd=RULES.parent,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stdout + result.stderr
     exposed = exposed_names(scrape(cluster["serve"]))
     referenced = {m for e in _exprs() for m in re.findall(r"\b(celery_[a-z0-9_]+)\b", e)}
     assert len(referenced) >= 15
