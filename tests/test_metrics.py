@@ -127,16 +127,25 @@ def known_load_counted(serve: ServeProcess, labels: dict, extra: int = 0) -> dic
         "celery_task_runtime_count": N + K + extra,
         "celery_task_queue_wait_time_count": N + M + K + extra,
     }
-    ok = all(total(fams, name, **labels) == n for name, n in want.items())
-    return fams if ok else None
+    got = {name: total(fams, name, **labels) for name in want}
+    _last["got"], _last["want"] = got, want  # for the failure message
+    return fams if got == want else None
+
+
+_last: dict = {}
+
+
+def wait_counted(serve: ServeProcess, labels: dict, timeout: float, extra: int = 0) -> dict:
+    try:
+        return wait_for(lambda: known_load_counted(serve, labels, extra), timeout, 0.3)
+    except AssertionError:
+        raise AssertionError(f"want {_last.get('want')}, got {_last.get('got')}") from None
 
 
 def test_counters_and_histograms_match_a_real_load_across_a_serve_restart(cluster):
     serve, queue = cluster["serve"], cluster["queue"]
     labels = {"hostname": "localhost", "queue_name": queue}  # w-<queue>@localhost
-    fams = wait_for(
-        lambda: known_load_counted(serve, labels), 60, 0.3, what="the known load in /metrics"
-    )
+    fams = wait_counted(serve, labels, 60)
     assert total(fams, "celery_task_succeeded_total", name=T + "add", **labels) == N
     assert total(fams, "celery_task_succeeded_total", name=T + "retry_once", **labels) == K
     assert total(fams, "celery_task_failed_total", exception="ValueError", **labels) == M
@@ -158,11 +167,16 @@ def test_counters_and_histograms_match_a_real_load_across_a_serve_restart(cluste
     serve.start()
     after = scrape(serve)
     assert {n: total(after, n) for n in before} == before
-    cluster["producer"].send_task(T + "add", (5, 5))
-    fams = wait_for(
-        lambda: known_load_counted(serve, labels, extra=1), 30, 0.3, what="one more success"
-    )
+    extra = cluster["producer"].send_task(T + "add", (5, 5))
+    try:
+        fams = wait_counted(serve, labels, 30, extra=1)
+    except AssertionError as exc:
+        task = cluster["store"].get_task(extra.id)
+        raw = cluster["store"].redis.hgetall(cluster["store"].keys.metrics_totals)
+        raise AssertionError(f"{exc}\n{task}\n{raw}") from None
     assert total(fams, "celery_task_runtime_count") == before["celery_task_runtime_count"] + 1
+    # labelled by name whichever of the worker's processes reported first
+    assert total(fams, "celery_task_started_total", name=T + "add", **labels) == N + 1
 
 
 def test_worker_and_queue_gauges(cluster):
