@@ -122,6 +122,23 @@ class Secret(str):
         return "'***'"
 
 
+def _finite_non_negative(text: str) -> float:
+    value = float(text)
+    if not 0.0 <= value < math.inf:  # also refuses NaN
+        raise ValueError(f"must be a finite number >= 0, got {text!r}")
+    return value
+
+
+def _float_range(low: float, high: float) -> Callable[[str], float]:
+    def parse(text: str) -> float:
+        value = float(text)
+        if not low <= value <= high:  # also refuses NaN
+            raise ValueError(f"must be between {low:g} and {high:g}, got {text!r}")
+        return value
+
+    return parse
+
+
 def _finite_positive(text: str) -> float:
     value = float(text)
     if not 0.0 < value < math.inf:  # also refuses NaN
@@ -158,6 +175,28 @@ def _secret_key(text: str) -> Secret:
     if len(text) < 16:
         raise ValueError("must be at least 16 characters (the value is not shown)")
     return Secret(text)
+
+
+# -- alert settings (read by monitor/alerts.py) ------------------------------
+
+
+def _finite_range(low: float, high: float) -> Callable[[str], float]:
+    def parse(text: str) -> float:
+        value = float(text)
+        if not low <= value <= high:  # also refuses NaN
+            raise ValueError(f"must be a number from {low:g} to {high:g}, got {text!r}")
+        return value
+
+    return parse
+
+
+def _alert_rules_file(text: str) -> str:
+    """The rules file's path, once every rule in it is valid (monitor/alerts.py owns
+    the rules): a typo fails at start-up naming the rule and the field."""
+    from . import alerts
+
+    alerts.load_rules_file(text)
+    return text
 
 
 @dataclass(frozen=True)
@@ -350,7 +389,7 @@ class Settings:
     # -- queues (issue 10)
     queues_interval: float = _setting(
         10.0,
-        _finite_positive,
+        _float_range(0.5, 86400.0),  # one sample reads up to queues_max queues
         "seconds between two samples of every known queue's depth, consumers and oldest "
         "message (one elected serve process samples)",
     )
@@ -367,6 +406,71 @@ class Settings:
         _optional(_url(("http", "https"))),
         "RabbitMQ management API URL, e.g. http://guest:guest@localhost:15672/api/ "
         "(like Flower's --broker-api): adds messages ready/unacknowledged and rates per queue",
+    )
+    # -- alerts (issue 10) ---------------------------------------------------------
+    alert_rules: str | None = _setting(
+        None,
+        _optional(_alert_rules_file),
+        "alert rules file (.toml or .json), validated at start-up; operators add more in the UI",
+    )
+    alert_interval: float = _setting(
+        5.0, _finite_range(0.1, 3600.0), "seconds between two evaluations of the alert rules"
+    )
+    alert_timeout: float = _setting(
+        5.0, _finite_range(0.1, 60.0), "seconds one webhook delivery may take, all included"
+    )
+    alert_max_attempts: int = _setting(
+        5, _int_range(1, 50), "delivery attempts of one alert before it is logged as failed"
+    )
+    alert_backoff: float = _setting(
+        10.0,
+        _finite_range(0.01, 3600.0),
+        "seconds before the 2nd delivery attempt; doubled for each next one (capped at 1 h)",
+    )
+    alert_budget: float = _setting(
+        10.0,
+        _finite_range(0.1, 300.0),
+        "seconds of webhook deliveries per evaluation; the rest wait for the next one",
+    )
+    alert_dedup: float = _setting(
+        600.0,
+        _finite_range(0.0, 30 * 24 * 3600.0),
+        "default dedup window (s) of a rule: the same rule and subject alert once in it",
+    )
+    alert_log_max: int = _setting(
+        1000, _int_range(1, 1_000_000), "sent alerts kept in the log; the oldest go first"
+    )
+    alert_dashboard_url: str | None = _setting(
+        None,
+        _optional(_url(("http", "https"))),
+        "the dashboard's public URL: alerts then link to the task, worker or queue",
+    )
+    # -- lost and stuck tasks, result-backend reconciliation (issue 10)
+    reconcile_after: float = _setting(
+        0.0,
+        _finite_non_negative,
+        "seconds after its last update a non-final task is checked against the result "
+        "backend (AsyncResult) and corrected; 0: off",
+    )
+    reconcile_batch: int = _setting(
+        100, _int_range(1, 1000), "tasks checked against the result backend per run"
+    )
+    reconcile_interval: float = _setting(
+        30.0, _finite_positive, "seconds between two reconciliation runs"
+    )
+    stuck_p99_factor: float = _setting(
+        10.0,
+        _finite_positive,
+        "a STARTED task running longer than this many times its name's p99 runtime "
+        "(last 24 h, at least 20 runs) is stuck",
+    )
+
+    # -- celery beat (issue 10)
+    beat_grace: float | None = _setting(
+        None,
+        _optional(_finite_positive),
+        "seconds after a periodic task was due before a run not seen marks it missed "
+        "(default: half its interval, at least 30 s, at most 1 h)",
     )
 
     def __repr__(self) -> str:

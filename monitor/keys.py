@@ -169,6 +169,50 @@ class Keys:
         for one queue (7 days, a capped number of queues)."""
         return f"{self.prefix}:queue:{queue}:history"
 
+    # -- alerts (monitor/alerts.py, issue 10) ------------------------------------
+    @property
+    def alert_rules(self) -> str:
+        """hash: rule name -> JSON rule (the rules operators made in the UI)."""
+        return f"{self.prefix}:alerts:rules"
+
+    @property
+    def alert_cursor(self) -> str:
+        """string: id of the last change feed entry the alert evaluator read."""
+        return f"{self.prefix}:alerts:cursor"
+
+    def alert_dedup(self, rule: str, digest: str) -> str:
+        """string (TTL = the rule's dedup window): an event alert (rule + subject
+        digest) was sent; another one within the window is not."""
+        return f"{self.prefix}:alerts:dedup:{rule}:{digest}"
+
+    def alert_active(self, rule: str) -> str:
+        """hash: subject -> JSON {since, sent} of a condition rule's firing subjects."""
+        return f"{self.prefix}:alerts:active:{rule}"
+
+    @property
+    def alert_pending(self) -> str:
+        """zset: delivery id -> time of its next attempt."""
+        return f"{self.prefix}:alerts:pending"
+
+    @property
+    def alert_deliveries(self) -> str:
+        """hash: delivery id -> JSON alert with its webhook and attempts (pending ones)."""
+        return f"{self.prefix}:alerts:deliveries"
+
+    @property
+    def alert_log(self) -> str:
+        """stream (MAXLEN ~): one entry per alert whose delivery ended (sent, failed, dropped)."""
+        return f"{self.prefix}:alerts:log"
+
+    @property
+    def alert_status(self) -> str:
+        """hash: the evaluator's last run (time, rules, per-rule problems)."""
+        return f"{self.prefix}:alerts:status"
+
+    def beat_script_keys(self, names: list[str]) -> list[str]:
+        """KEYS for ``beat_runs.lua``: task hash prefix, tasks zset, one name index per name."""
+        return [self.task(""), self.tasks, *(self.by_name(name) for name in names)]
+
     def pattern(self) -> str:
         """Glob matching every key of this prefix (tests, `monitor purge`)."""
         return f"{self.prefix}:*"
@@ -196,3 +240,48 @@ class Keys:
             self.metrics_totals,  # 18
             self.metrics_labels(""),  # 19: prefix
         ]
+
+
+@dataclass(frozen=True)
+class RedisBrokerKeys:
+    """kombu's Redis transport keys (not the monitor's): where it keeps delivered,
+    unacknowledged messages (kombu/transport/redis.py ``Channel.unacked_key``,
+    ``unacked_index_key``), with its ``global_keyprefix`` transport option. Read by
+    monitor.lost, never written."""
+
+    global_keyprefix: str = ""
+    unacked_key: str = "unacked"
+    unacked_index_key: str = "unacked_index"
+
+    @property
+    def unacked(self) -> str:
+        """hash: delivery tag -> JSON [message, exchange, routing key]."""
+        return self.global_keyprefix + self.unacked_key
+
+    @property
+    def unacked_index(self) -> str:
+        """zset: delivery tag -> time it was delivered."""
+        return self.global_keyprefix + self.unacked_index_key
+
+
+@dataclass(frozen=True)
+class RedBeatKeys:
+    """celery-redbeat's keys (``redbeat/schedulers.py`` RedBeatConfig), which the
+    monitor only reads: ``{prefix}{entry name}`` is an entry's hash (fields
+    ``definition`` and ``meta``, JSON), ``{prefix}:schedule`` the zset of entry
+    keys scored by their next run (UNIX time). The default prefix is
+    ``redbeat:`` (the app's ``redbeat_key_prefix``)."""
+
+    prefix: str = "redbeat:"
+
+    def entry(self, name: str) -> str:
+        return f"{self.prefix}{name}"
+
+    @property
+    def schedule(self) -> str:
+        return f"{self.prefix}:schedule"
+
+    @property
+    def lock(self) -> str:
+        """string: held (with a TTL) by the running redbeat scheduler."""
+        return f"{self.prefix}:lock"

@@ -27,7 +27,7 @@ from celery.events.state import Task as _CeleryTask
 
 from .vocabulary import CAPPED_FIELDS, KNOWN_STATES, STATE_TIME_FIELDS, SUBJECT_TO_STATE
 
-Source = Literal["signal", "event"]
+Source = Literal["signal", "event", "reconcile"]
 
 #: Fields Celery keeps from a late RECEIVED event (``Task.merge_rules``).
 MERGE_RULES: Mapping[str, tuple[str, ...]] = _CeleryTask.merge_rules
@@ -256,12 +256,13 @@ RETRY_FIELDS = frozenset(
 )
 #: Names an extra field cannot take: the store's, the checked ones, and those
 #: the model derives itself (worker/client from the host, the progress JSON)
-#: or that only the signal hooks may write (the real arguments a retry uses).
+#: or that only the signal hooks may write (the real arguments a retry uses, the
+#: mark of a task celery beat sent).
 _NOT_EXTRA = (
     STORE_OWNED_FIELDS
     | _ENVELOPE
     | _TASK_FIELD_CHECKS.keys()
-    | {"worker", "client", "progress", "args_json", "kwargs_json"}
+    | {"worker", "client", "progress", "args_json", "kwargs_json", "beat"}
     | RETRY_FIELDS
     | {"children", "group", "timeline"}  # what the API adds to a task
     | {EXTRAS_DROPPED, EXTRAS_MARKER}

@@ -34,6 +34,8 @@ None when nothing could tell it.
 from __future__ import annotations
 
 import base64
+import datetime
+import hashlib
 import json
 import logging
 import math
@@ -46,6 +48,7 @@ from typing import Any
 
 import redis
 
+from .config import mask_url
 from .jobs import Job, JobContext
 
 logger = logging.getLogger(__name__)
@@ -72,12 +75,15 @@ WINDOWS = {"15m": (900, 60), "1h": (3600, 60), "24h": (86400, 3600), "7d": (7 * 
 
 #: KEYS = one queue's sub-queue lists (priority steps, base queue first);
 #: ARGV[1] = bytes of a tail message decoded at most. Returns, per key,
-#: {length, oldest message's task id or false, its eta or false}.
+#: {length (-1: the key is not a list), oldest message's task id or false, its eta
+#: or false}. A routing key any producer chose names these keys: one naming a
+#: key of another type must cost that queue its depth, not the sample.
 DEPTH_SCRIPT = """
 local out = {}
 local limit = tonumber(ARGV[1])
 for i, key in ipairs(KEYS) do
-  local n = redis.call('LLEN', key)
+  local n = redis.pcall('LLEN', key)
+  if type(n) ~= 'number' then n = -1 end
   local id, eta = false, false
   if n > 0 then
     local msg = redis.call('LINDEX', key, -1)
@@ -211,13 +217,8 @@ def redis_sub_queues(queue: str, steps: Sequence[int], sep: str, keyprefix: str)
     return keys
 
 
-def _sha1(text: str) -> str:
-    import hashlib
-
-    return hashlib.sha1(text.encode()).hexdigest()
-
-
-DEPTH_SHA = _sha1(DEPTH_SCRIPT)
+#: EVALSHA names the script; it is loaded only when the broker's Redis lacks it.
+DEPTH_SHA = hashlib.sha1(DEPTH_SCRIPT.encode()).hexdigest()
 
 
 def redis_depths(
@@ -247,12 +248,19 @@ def redis_depths(
         break
     out: dict[str, dict[str, Any]] = {}
     for queue, reply in zip(queues, replies, strict=True):
-        if isinstance(reply, Exception):
-            raise QueueError(f"queue {queue!r}: {type(reply).__name__}: {reply}")
-        depth = 0
+        if isinstance(reply, redis.exceptions.ConnectionError):
+            raise reply
+        if isinstance(reply, Exception) or not isinstance(reply, list):
+            out[queue] = {"depth": None, "tails": [], "error": f"{type(reply).__name__}"}
+            continue
+        depth: int | None = 0
         tails = []
         for i in range(0, len(reply), 3):
-            depth += int(reply[i])
+            n = int(reply[i])
+            if n < 0:  # not a list: not a queue of kombu's
+                depth = None
+            elif depth is not None:
+                depth += n
             task_id, eta = reply[i + 1], reply[i + 2]
             if task_id:
                 tails.append((_text(task_id), _text(eta) if eta else None))
@@ -324,7 +332,7 @@ def queue_depth(celery_app: Any, queue: str) -> int | None:
         conn.ensure_connection(max_retries=1, interval_start=0)
         if _is_redis(conn):
             client, steps, sep, keyprefix = _redis_client(conn)
-            return int(redis_depths(client, [queue], steps, sep, keyprefix)[queue]["depth"])
+            return redis_depths(client, [queue], steps, sep, keyprefix)[queue]["depth"]
         return declare_depths(conn, [queue])[queue]["depth"]
 
 
@@ -426,6 +434,19 @@ def oldest_pending(store: Any, scan: int = PENDING_SCAN) -> dict[str, float]:
     return out
 
 
+def _eta_time(eta: str | None) -> float | None:
+    """An ISO 8601 eta header as epoch seconds (naive: UTC, as Celery sends it)."""
+    if not eta or len(eta) > 64:
+        return None
+    try:
+        when = datetime.datetime.fromisoformat(eta)
+    except ValueError:
+        return None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=datetime.UTC)
+    return _float(when.timestamp())
+
+
 def _float(value: Any) -> float | None:
     try:
         x = float(value)
@@ -475,10 +496,10 @@ def broker_sample(
                 try:
                     management = management_queues(api_url, vhost)
                 except (OSError, ValueError, QueueError) as exc:
-                    error = f"management API: {type(exc).__name__}: {exc}"
+                    error = f"management API: {type(exc).__name__}: {mask_url(str(exc))}"
         except Exception as exc:  # noqa: BLE001 - transport-specific errors
-            error = f"broker: {type(exc).__name__}: {exc}"
-            logger.warning("monitor: queue sample failed: %s", error)
+            # the page and the API show it: no URL password in it
+            error = f"broker: {type(exc).__name__}: {mask_url(str(exc))}"
     sent = _sent_times(store, (t for rows in tails.values() for t, _eta in rows))
     pending = oldest_pending(store)
     rows: dict[str, Any] = {}
@@ -495,7 +516,13 @@ def broker_sample(
             consumers = len(workers.get(name, ()))
             sources["consumers"] = "workers"
         oldest_age = None
-        dated = [sent[t] for t, _eta in tails.get(name, ()) if t in sent]
+        # A message is dated by its task's sent time, else by its eta (runnable
+        # since then): an ETA message's wait starts when it may run.
+        dated = [
+            sent[t] if t in sent else when
+            for t, eta in tails.get(name, ())
+            if t in sent or (when := _eta_time(eta)) is not None
+        ]
         if dated:
             oldest_age = max(0.0, now - min(dated))
             sources["oldest_age"] = "broker"
@@ -567,6 +594,20 @@ def latest(store: Any) -> dict[str, dict[str, Any]]:
     the last sample the elected sampler stored (empty when none is recent)."""
     sample = latest_sample(store)
     return dict(sample["queues"]) if sample else {}
+
+
+def overview(store: Any, settings: Any) -> dict[str, Any]:
+    """What the Queues page shows and its room pushes: ``{"sampled_at", "broker",
+    "error", "interval", "queues": [row, ...]}`` (rows by name)."""
+    sample = latest_sample(store) or {}
+    rows = sorted((sample.get("queues") or {}).values(), key=lambda r: str(r.get("name")))
+    return {
+        "sampled_at": sample.get("sampled_at"),
+        "broker": sample.get("broker"),
+        "error": sample.get("error"),
+        "interval": float(getattr(settings, "queues_interval", 10.0)),
+        "queues": rows,
+    }
 
 
 def parse_window(window: Any) -> tuple[int, int]:
@@ -655,6 +696,12 @@ def sample_once(ctx: JobContext) -> dict[str, Any]:
                 logger.debug("monitor: queues: inspect failed: %s", exc)
         inspected = {host: inspector.cached(host) for host in online}
     sample = broker_sample(ctx.store, ctx.celery_app, ctx.settings, inspected)
+    # One line when the broker goes away and one when it is back, not one a sample.
+    if sample["error"] and not ctx.state.get("error"):
+        logger.warning("monitor: queue sample incomplete: %s", sample["error"])
+    elif ctx.state.get("error") and not sample["error"]:
+        logger.warning("monitor: queue samples complete again")
+    ctx.state["error"] = sample["error"]
     store_sample(ctx.store, sample, ctx.settings)
     ctx.state["last"] = sample
     for hook in list(ctx.state.get("on_sample", ())):

@@ -16,7 +16,7 @@ from celery import Celery
 import monitor.signals
 from monitor import queues
 from monitor.jobs import JobRunner
-from monitor.model import TaskEvent
+from monitor.model import TaskEvent, WorkerEvent
 
 from .helpers import REDIS_URL, RabbitMQNode, RedisServer, free_port, port_open, wait_for
 
@@ -354,3 +354,200 @@ def test_rabbitmq_management_api_adds_ready_and_unacked(store, settings):
         assert sample["error"].startswith("management API")
     finally:
         node.stop()
+
+
+def test_unreachable_broker_is_an_error_line_not_a_crash(store, settings):
+    store.redis.zadd(store.keys.queues, {"somewhere": time.time()})
+    for url in (
+        f"redis://127.0.0.1:{free_port()}/0",
+        f"amqp://guest:guest@127.0.0.1:{free_port()}//",
+    ):
+        app = Celery("qt-down", broker=url)
+        sample = queues.broker_sample(store, app, settings)
+        assert sample["error"].startswith("broker: ")
+        row = sample["queues"]["somewhere"]
+        assert row["depth"] is None and row["sources"]["depth"] is None
+
+
+def test_management_answers_are_checked(monkeypatch):
+    import http.server
+    import json
+    import threading
+
+    answers = {
+        "/api/queues/%2F": [
+            {
+                "name": "ok",
+                "messages_ready": 3,
+                "messages_unacknowledged": 1,
+                "consumers": 2,
+                "message_stats": {"publish_details": {"rate": 1.5}},
+            },
+            {
+                "name": "bad",
+                "messages_ready": "NaN",
+                "messages_unacknowledged": 1e300,
+                "message_stats": {"publish_details": {"rate": "inf"}},
+            },
+            "not a row",
+            {"name": "x" * 300},
+        ],
+        "/api/queues/v": {"not": "a list"},
+    }
+    seen_auth = []
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):  # noqa: N802 - http.server's name
+            seen_auth.append(self.headers.get("Authorization"))
+            body = json.dumps(answers.get(self.path.split("?")[0], [])).encode()
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.HTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        url = f"http://user:p%40ss@127.0.0.1:{server.server_port}/api/"
+        got = queues.management_queues(url, "/")
+        assert got["ok"]["ready"] == 3 and got["ok"]["unacked"] == 1
+        assert got["ok"]["publish_rate"] == 1.5
+        assert got["bad"]["ready"] is None and got["bad"]["unacked"] is None
+        assert got["bad"]["publish_rate"] is None
+        assert set(got) == {"ok", "bad"}
+        assert seen_auth[0] == "Basic dXNlcjpwQHNz"  # user:p@ss
+        with pytest.raises(queues.QueueError):
+            queues.management_queues(url, "v")
+        monkeypatch.setattr(queues, "MANAGEMENT_MAX_BYTES", 10)
+        with pytest.raises(queues.QueueError, match="too large"):
+            queues.management_queues(url, "/")
+    finally:
+        server.shutdown()
+
+
+def test_a_routing_key_naming_another_kind_of_key_costs_only_its_queue(broker_redis):
+    app = redis_app(broker_redis.url)
+    uid = uuid.uuid4().hex[:8]
+    client = redis.Redis.from_url(broker_redis.url)
+    client.hset(f"hash-{uid}", "a", "1")  # say, a producer routed to "_kombu.binding.celery"
+    client.lpush(f"junk-{uid}", b"\xff not json", b"[1, 2]", b'{"headers": "x"}')
+    app.send_task(NOBODY, queue=f"fine-{uid}")
+    with app.connection_for_read() as conn:
+        broker, steps, sep, keyprefix = queues._redis_client(conn)
+        got = queues.redis_depths(
+            broker, [f"hash-{uid}", f"junk-{uid}", f"fine-{uid}"], steps, sep, keyprefix
+        )
+    assert got[f"hash-{uid}"]["depth"] is None
+    assert got[f"junk-{uid}"] == {"depth": 3, "tails": []}  # undecodable messages: no id
+    assert got[f"fine-{uid}"]["depth"] == 1 and len(got[f"fine-{uid}"]["tails"]) == 1
+    assert queues.queue_depth(app, f"hash-{uid}") is None
+
+
+def test_queues_room_gets_the_sample_and_pushes_only_new_ones(app, store, settings):
+    from monitor.web import queues_api
+
+    sample = {"sampled_at": 100.0, "broker": "redis", "error": None, "queues": {}}
+    sample["queues"]["q"] = {
+        "name": "q",
+        "depth": 3,
+        "consumers": 0,
+        "oldest_age": None,
+        "sampled_at": 100.0,
+        "broker": "redis",
+        "seen": ["publish"],
+        "sources": {},
+    }
+    queues.store_sample(store, sample, settings)
+    sio = app.extensions["monitor"].socketio
+    client = sio.test_client(app)
+    try:
+        ack = client.emit("subscribe", {"room": "queues"}, callback=True)
+        assert ack == {"ok": True, "room": "queues"}
+        first = [m["args"][0] for m in client.get_received() if m["name"] == "queues"]
+        assert first[0]["queues"][0]["depth"] == 3
+    finally:
+        client.disconnect()
+
+    class Push:
+        def __init__(self):
+            self.store, self.sent = store, []
+
+        def emit(self, event, data, room):
+            self.sent.append((event, data["queues"][0]["depth"], room))
+
+    push, state = Push(), {}
+    queues_api.room_push(push, {None: "queues"}, state)()
+    assert queues_api.room_push(push, {None: "queues"}, state) is None  # nothing new
+    sample["sampled_at"] = 110.0
+    sample["queues"]["q"]["depth"] = 5
+    queues.store_sample(store, sample, settings)
+    queues_api.room_push(push, {None: "queues"}, state)()
+    assert push.sent == [("queues", 3, "queues"), ("queues", 5, "queues")]
+
+
+def test_oldest_age_of_an_eta_message_without_a_stored_task(broker_redis, store, settings):
+    """No publish hook in the producer: the message's eta dates it (runnable since)."""
+    import datetime
+
+    app = redis_app(broker_redis.url)
+    queue = f"eta-{uuid.uuid4().hex[:8]}"
+    eta = datetime.datetime(2030, 1, 1, 12, 0, 0, tzinfo=datetime.UTC)
+    app.send_task(NOBODY, queue=queue, eta=eta)
+    store.redis.zadd(store.keys.queues, {queue: time.time()})
+    sample = queues.broker_sample(store, app, settings, now=eta.timestamp() + 90)
+    row = sample["queues"][queue]
+    assert row["depth"] == 1
+    assert row["oldest_age"] == pytest.approx(90.0) and row["sources"]["oldest_age"] == "broker"
+    # before its eta it has not waited yet
+    early = queues.broker_sample(store, app, settings, now=eta.timestamp() - 60)
+    assert early["queues"][queue]["oldest_age"] == 0.0
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        ("MONITOR_QUEUES_INTERVAL", "0.01"),
+        ("MONITOR_QUEUES_INTERVAL", "nan"),
+        ("MONITOR_QUEUES_MAX", "0"),
+        ("MONITOR_QUEUES_HISTORY_MAX", "-1"),
+        ("MONITOR_BROKER_API", "ftp://x"),
+    ],
+)
+def test_bad_queue_settings_fail_at_start_naming_them(name, value):
+    from monitor.config import ConfigError, Settings
+
+    with pytest.raises(ConfigError, match=name):
+        Settings.from_env({name: value})
+
+
+def test_known_queues_from_app_workers_and_publishes(store):
+    from kombu import Queue
+
+    app = Celery("qt-known")
+    app.conf.task_queues = [Queue("reports"), Queue("x" * 300)]  # too long: left out
+    app.conf.task_default_queue = "default-q"
+    now = time.time()
+    store.apply(
+        [
+            # hooks' worker_ready queues; a worker gone offline consumes nothing
+            WorkerEvent("w1@h", "online", now, "signal", {"queues": ["hooked", "reports"]}),
+            WorkerEvent("w2@h", "offline", now, "signal", {"queues": ["ghost"]}),
+            WorkerEvent("w3@h", "online", now, "event", {}),
+        ]
+    )
+    store.redis.zadd(store.keys.queues, {"published": now, "\x00bad": now})
+    inspected = {"w3@h": {"active_queues": [{"name": "added-later"}, {"name": 7}, "junk"]}}
+    seen, consumers = queues.known_queues(store, app, inspected, limit=100)
+    assert seen == {
+        "reports": ["app", "workers"],
+        "default-q": ["app"],
+        "added-later": ["workers"],
+        "hooked": ["workers"],
+        "published": ["publish"],
+    }
+    assert consumers == {"hooked": {"w1@h"}, "reports": {"w1@h"}, "added-later": {"w3@h"}}
+    seen, _ = queues.known_queues(store, app, inspected, limit=2)
+    assert list(seen) == ["reports", "default-q"]  # the app's first

@@ -98,6 +98,13 @@ def test_sampler_in_serve_sees_backlog_consumers_and_age(cluster):
     history = serve.get(f"/api/v1/queues/{idle}/history?window=15m").json()
     assert history["points"] and history["points"][-1]["depth"] == expected
 
+    def waited():  # the one task the worker ran (received - sent)
+        body = serve.get("/api/v1/queues?window=15m").json()
+        return [r for r in body["queue_wait"] or () if r["name"] == "tests.workerapp.add"]
+
+    (wait,) = wait_for(waited, 20, 0.2, what="queue wait of tests.workerapp.add")
+    assert wait["count"] == 1 and wait["p50"] is not None and wait["p50"] >= 0
+
 
 def test_queues_page_in_chromium(cluster):
     require_chromium()
@@ -128,9 +135,58 @@ def test_queues_page_in_chromium(cluster):
                 timeout=10_000,
             )
             page.wait_for_function(BARS, timeout=10_000)
+            page.locator("text=tests.workerapp.add").first.wait_for(timeout=10_000)
             SHOT.parent.mkdir(parents=True, exist_ok=True)
             page.screenshot(path=str(SHOT), full_page=True)
+            # live: three more messages reach the row without a reload (the room's push)
+            producer = Celery("producer", broker=cluster["broker"].url)
+            for _ in range(3):
+                producer.send_task("tests.workerapp.add", (0, 0), queue=idle)
+            row.locator("td.depth", has_text="15").wait_for(timeout=15_000)
+            assert page.evaluate("performance.getEntriesByType('navigation').length") == 1
             assert page.evaluate("window.__csp") == []
             assert errors == []
         finally:
             browser.close()
+
+
+OPERATOR = ("quinn", "quinn-operator-pw")
+
+
+def test_operator_purges_a_queue_from_the_page(cluster):
+    """Last in this module: once a user exists, anonymous API calls are refused."""
+    require_chromium()
+    from playwright.sync_api import sync_playwright
+
+    from monitor.auth import AuthStore
+    from monitor.config import Settings
+    from monitor.store import Store, redis_client
+
+    serve, idle = cluster["serve"], cluster["idle"]
+    settings = Settings(redis_url=REDIS_URL, prefix=cluster["prefix"])
+    store = Store(redis_client(REDIS_URL), settings)
+    AuthStore(store.redis, store.keys, settings).add_user(*OPERATOR, role="operator")
+    wait_for(lambda: serve.get("/api/v1/queues").status_code == 401, 30, 0.2, what="users on")
+    independent = redis.Redis.from_url(cluster["broker"].url)
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_context(viewport={"width": 1280, "height": 900}).new_page()
+            errors: list[str] = []
+            page.on("pageerror", lambda e: errors.append(str(e)))
+            page.goto(serve.url + "/login?next=/queues")
+            page.fill("input[name=name]", OPERATOR[0])
+            page.fill("input[name=password]", OPERATOR[1])
+            page.click("form.login button[type=submit]")
+            page.locator(f'button[data-purge="{idle}"]').click()
+            dialog = page.locator("dialog[open]")
+            waiting = sum(independent.llen(k) for k in independent.scan_iter(idle + "*"))
+            assert waiting == 15
+            dialog.locator("text=It holds 15 messages now.").wait_for(timeout=10_000)
+            dialog.locator("button[data-confirm]").click()
+            dialog.locator("text=Purged 15 of 15 messages").wait_for(timeout=10_000)
+            assert sum(independent.llen(k) for k in independent.scan_iter(idle + "*")) == 0
+            assert errors == []
+        finally:
+            browser.close()
+            store.close()

@@ -11,7 +11,9 @@ builds, buffers and encodes every record, then throws the batch away;
 
 TEST_ACCEPT_CONTENT (comma-separated, e.g. ``json,pickle``) sets the worker's
 accept_content, for the tasks published with another serializer;
-TEST_POOL_RESTARTS=1 allows remote pool restarts. The
+TEST_POOL_RESTARTS=1 allows remote pool restarts; TEST_ACKS_LATE=1 turns on
+task_acks_late and TEST_VISIBILITY_TIMEOUT sets the Redis transport's
+visibility_timeout (tests/test_lost_worker.py). The
 operator-action tests' tasks (``record_args`` ...) write what they saw into
 the monitor's Redis under ``MONITOR_PREFIX`` (see :func:`action_key`), so a test
 can compare, inside the task, what a rerun received with what the original did.
@@ -40,6 +42,14 @@ app.conf.update(
     worker_prefetch_multiplier=int(os.environ.get("TEST_PREFETCH_MULTIPLIER", "1")),
     result_expires=600,
 )
+# tests/test_lost_worker.py: acks_late (without task_reject_on_worker_lost) on a
+# Redis broker with a short visibility timeout, and a short heartbeat.
+if os.environ.get("TEST_ACKS_LATE") == "1":
+    app.conf.task_acks_late = True
+if os.environ.get("TEST_VISIBILITY_TIMEOUT"):
+    app.conf.broker_transport_options = {
+        "visibility_timeout": float(os.environ["TEST_VISIBILITY_TIMEOUT"])
+    }
 if os.environ.get("TEST_POOL_RESTARTS") == "1":
     app.conf.worker_pool_restarts = True
 if os.environ.get("TEST_ACCEPT_CONTENT"):

@@ -135,7 +135,7 @@ local function check_fields(f, owned_set)
 end
 
 local S_TL_LEN, S_CH_LEN = #KEYS[12], #KEYS[13]
-local SOURCES = {signal = true, event = true}
+local SOURCES = {signal = true, event = true, reconcile = true}  -- reconcile: monitor.lost (result backend)
 local state_ok = {}  -- state -> valid? (a batch names few states)
 
 -- The hot one (every task record): inlined checks, one Lua call for the fields.

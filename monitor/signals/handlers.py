@@ -350,6 +350,9 @@ def before_task_publish(
     queue = None
     if declare:
         queue = getattr(declare[0], "name", None)
+    # A per-call time_limit=/soft_time_limit= (the task's own limits are known
+    # only to the worker: task_prerun records the ones it applies).
+    hard, soft = _pair(info.get("timelimit"))
     _rec().task(
         task_id,
         states.PENDING,
@@ -371,6 +374,11 @@ def before_task_publish(
         parent_id=info.get("parent_id"),
         group_id=group_id,
         client=headers.get("origin"),
+        time_limit=_limit(hard),
+        soft_time_limit=_limit(soft),
+        # Celery beat marks what it sends (celery/beat.py Scheduler.apply_async):
+        # monitor/beat.py tells a scheduled run from a call of the same task.
+        beat="1" if headers.get("celery_beat_task") else None,
         **retry,
     )
 
@@ -458,6 +466,7 @@ def task_unknown(
 def task_prerun(task_id: str | None = None, task: Any = None, **kwargs: Any) -> None:
     request = task.request
     _rec().task_started(task_id)
+    hard, soft = _time_limits(request, task)
     _rec().task(
         task_id,
         states.STARTED,
@@ -467,6 +476,34 @@ def task_prerun(task_id: str | None = None, task: Any = None, **kwargs: Any) -> 
         pid=_pid,
         retries=request.retries,
         worker=request.hostname,
+        time_limit=hard,
+        soft_time_limit=soft,
+    )
+
+
+def _limit(value: Any) -> float | None:
+    """A time limit in seconds (finite, > 0), or None."""
+    if type(value) not in (int, float) or not 0 < value < 1e9:  # NaN fails too
+        return None
+    return value
+
+
+def _pair(limits: Any) -> tuple[Any, Any]:
+    """(hard, soft) of a ``timelimit`` header, whatever it holds."""
+    if type(limits) in (list, tuple) and len(limits) == 2:
+        return limits[0], limits[1]
+    return None, None
+
+
+def _time_limits(request: Any, task: Any) -> tuple[float | None, float | None]:
+    """The limits the worker applies to this run, as Celery's Request does: the
+    message's ``timelimit`` header (a per-call ``time_limit=``/``soft_time_limit=``),
+    else the task's own (its ``time_limit=``, else the app's ``task_time_limit``).
+    The stuck-task check (monitor.lost) compares a STARTED task's age with them."""
+    hard, soft = _pair(getattr(request, "timelimit", None))
+    return (
+        _limit(hard) or _limit(getattr(task, "time_limit", None)),
+        _limit(soft) or _limit(getattr(task, "soft_time_limit", None)),
     )
 
 

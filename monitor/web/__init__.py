@@ -6,7 +6,8 @@ endpoint inside an existing Flask application. Per-app objects (Settings, Store,
 live Hub, worker inspector, the Socket.IO server) live in
 ``app.extensions["monitor"]``. Pass your Celery app as ``celery_app=`` so
 ``/api/workers?refresh=1`` inspects workers through your broker settings
-(otherwise MONITOR_BROKER_URL, else the store's Redis, as the receiver does).
+(otherwise MONITOR_BROKER_URL, else the store's Redis, as the receiver does)
+and ``/beat`` lists its ``beat_schedule`` and celery-redbeat entries.
 
 Socket.IO: every app gets a ``SocketIO`` of its own, served at
 ``<url_prefix>/socket.io``, and a host's ``app.extensions["socketio"]`` is left
@@ -34,6 +35,7 @@ from flask_socketio import SocketIO
 from ..audit import AuditLog
 from ..auth import AuthStore, default_allowed_hosts
 from ..config import Settings
+from ..jobs import Job, JobRunner
 from ..store import Store
 from .blueprint import bp
 from .inspect import WorkerInspector
@@ -70,6 +72,8 @@ class MonitorExtension:
     users_cache: Any = None
     #: The elected jobs' runner (monitor.jobs.JobRunner), when this process runs one.
     jobs: Any = None
+    #: The user's Celery app (create_app(celery_app=...), serve -A): its beat_schedule ...
+    celery_app: Any = None
 
     @property
     def socketio_path(self) -> str:
@@ -176,6 +180,13 @@ def _drop_messages_once_closed(server: Any) -> None:
     eio.on("message", message)
 
 
+def cluster_jobs(settings: Settings) -> list[Job]:
+    """Every elected job: the queue sampler, the alert evaluator, the reconciler."""
+    from .. import alerts, lost, queues
+
+    return [*queues.jobs(settings), *alerts.jobs(settings), *lost.jobs(settings)]
+
+
 def init_app(
     flask_app: Flask,
     url_prefix: str = "/monitor",
@@ -183,6 +194,7 @@ def init_app(
     message_queue: str | None = None,
     celery_app: Any = None,
     socketio: SocketIO | None = None,
+    run_jobs: bool = False,
     _standalone: bool = False,
     **overrides: Any,
 ) -> Flask:
@@ -192,19 +204,26 @@ def init_app(
     this call); the monitor then registers its handlers in the ``/monitor``
     namespace and ``message_queue`` is the host's business. Without it the
     monitor runs a Socket.IO server of its own at ``<url_prefix>/socket.io``.
+    ``run_jobs``: run the elected jobs (queue sampler, alert evaluator,
+    reconciler) in this process too; ``monitor serve`` always does, and one
+    process per cluster is enough.
     ``overrides`` are Settings fields (``redis_url=...``, ``prefix=...``) applied
     on top of ``settings`` (or of the MONITOR_* environment).
     """
     from . import security
     from .actions_api import actions_api
+    from .alerts_api import alerts_api
     from .api import api
+    from .beat_api import beat_api
     from .flower_api import flower
     from .flower_control import flower_control
     from .history_api import history_api
     from .live import Hub, register_handlers
+    from .lost_api import lost_api
     from .metrics import metrics_bp
     from .openapi import openapi_bp
     from .queues_api import flower_queues, queues_api
+    from .task_names_api import task_names_api
 
     if settings is None:
         settings = Settings.from_env(**overrides)
@@ -222,13 +241,17 @@ def init_app(
         (bp, prefix or None),
         (api, prefix + "/api/v1"),
         (actions_api, prefix + "/api/v1"),
+        (beat_api, prefix + "/api/v1"),
         (history_api, prefix + "/api/v1"),
+        (task_names_api, prefix + "/api/v1"),
+        (alerts_api, prefix + "/api/v1"),
         (flower, prefix + "/api"),
         (flower_control, prefix + "/api"),
         (openapi_bp, prefix + "/api"),
         (metrics_bp, prefix or None),
         (queues_api, prefix + "/api/v1"),
         (flower_queues, prefix + "/api"),
+        (lost_api, prefix + "/api/v1"),
     ]
     for blueprint, at in blueprints:
         if not getattr(blueprint, "_monitor_protected", False):
@@ -266,7 +289,21 @@ def init_app(
         auth=AuthStore(store.redis, store.keys, settings),
         audit=AuditLog(store.redis, store.keys, settings),
         allowed_hosts=allowed_hosts,
+        celery_app=celery_app,
     )
+    # The elected jobs (monitor.jobs), each run by whichever process holds its
+    # lease: `monitor serve` starts them; an embedded dashboard with run_jobs=True
+    # starts them with its live tailer (its first Socket.IO connection, so after
+    # any fork of a pre-forking server).
+    ext.jobs = JobRunner(
+        store, settings, cluster_jobs(settings), celery_app, spawn=sio.start_background_task
+    )
+    if run_jobs:
+        hub.companions.append(ext.jobs)
     flask_app.extensions["monitor"] = ext
+    if celery_app is not None:
+        from .. import beat
+
+        beat.bind_app(settings, celery_app)  # the live "beat" room holds only a Store
     security.configure_app(flask_app, ext, _standalone)
     return flask_app

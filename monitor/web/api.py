@@ -16,7 +16,7 @@ from flask import Blueprint, Response, current_app, g, jsonify, request
 from werkzeug.exceptions import HTTPException
 from werkzeug.routing import PathConverter
 
-from .. import fastjson
+from .. import fastjson, lost
 from ..store import Store
 from . import queries, security
 from .queries import QueryError
@@ -112,7 +112,19 @@ register_errors(api)
 @api.get("/tasks")
 def list_tasks() -> Any:
     query = queries.parse_query(request.args)
-    page = queries.list_tasks(get_store(), query)
+    flag = lost.parse_flag(request.args.get("flag"))
+    store = get_store()
+    if flag:  # lost / stuck: a bounded scan of the RECEIVED/STARTED indexes
+        page = lost.flagged_page(store, query, flag)
+    else:
+        page = queries.list_tasks(store, query)
+        lost.annotate(store, page["tasks"])
+    if any(row.get("state") in lost.RECONCILE_STATES for row in page["tasks"]):
+        # on a Redis broker: which will be redelivered, or run twice (a read cached 5 s)
+        ext = current_app.extensions["monitor"]
+        confs = lost.worker_confs(ext.inspector)
+        report = lost.broker_report(store, ext.inspector.app, confs, with_risks=False)
+        lost.mark_broker(page["tasks"], report)
     if not security.can_see_args():
         page["tasks"] = [visible_row(row, False) for row in page["tasks"]]
     # orjson: a page of 1,000 rows encodes in a fraction of the stdlib's time,
@@ -126,6 +138,11 @@ def get_task(task_id: str) -> Any:
     task = queries.task_detail(get_store(), task_id, security.can_see_args())
     if task is None:
         return error(f"unknown task {task_id!r}", 404)
+    if task.get("state") in lost.RECONCILE_STATES:  # not final: may the broker repeat it?
+        ext = current_app.extensions["monitor"]
+        confs = lost.worker_confs(ext.inspector)
+        report = lost.broker_report(ext.store, ext.inspector.app, confs, with_risks=False)
+        task["broker"] = lost.task_broker_flags(report, task_id)
     return jsonify(task)
 
 

@@ -199,6 +199,11 @@ class WorkerInspector:
             return inspect.active(safe=True)  # args as reprs: a reply must always encode
         return getattr(inspect, method)()
 
+    def cached_replies(self, method: str) -> dict[str, Any]:
+        """hostname -> the last reply to ``method`` of every worker that answered it."""
+        with self._lock:
+            return {host: info[method] for host, info in self._cache.items() if method in info}
+
     def cached(self, hostname: str) -> dict[str, Any]:
         with self._lock:
             return dict(self._cache.get(hostname, {}))

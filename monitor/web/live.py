@@ -5,15 +5,19 @@ a lock). The task reads the change feed with ``XREAD BLOCK`` from ``$``,
 collects the ids of changed tasks and workers, and every
 ``Settings.push_interval`` emits at most one message per event name per room:
 
-=================  ===============================================================
-room               message
-=================  ===============================================================
-``overview``       "overview": the /api/v1/stats object
-``workers``        "workers": {"workers": [...]}
-``tasks:<json>``   "tasks": {"rows": [...]} changed rows matching the filters
-``task:<id>``      "task": {"task": detail}
-``worker:<host>``  "worker": {"worker": ..., "rows": [...]}
-=================  ===============================================================
+===================  ===============================================================
+room                 message
+===================  ===============================================================
+``overview``         "overview": the /api/v1/stats object
+``workers``          "workers": {"workers": [...]}
+``tasks:<json>``     "tasks": {"rows": [...]} changed rows matching the filters
+``task:<id>``        "task": {"task": detail}
+``worker:<host>``    "worker": {"worker": ..., "rows": [...]}
+``beat``             "beat": the /api/v1/beat object (periodic tasks)
+``history:<json>``   "history": a chart window's newest points and totals (every 5 s)
+``queues``           "queues": the queue sampler's last sample (monitor.queues.overview)
+``alerts``           "alerts": sent log, pending deliveries, firing subjects, status
+===================  ===============================================================
 
 A room kind is one entry of :data:`ROOM_KINDS` (:class:`RoomKind`: how a
 payload names it, what a new subscriber gets at once, what a push sends and
@@ -56,10 +60,11 @@ from typing import Any
 import redis
 from socketio import PubSubManager
 
+from .. import lost
 from ..config import Settings
 from ..lease import Lease
 from ..store import Store, redis_client
-from . import queries
+from . import history_room, queries, queues_api
 from .visibility import visible_row
 
 logger = logging.getLogger(__name__)
@@ -84,6 +89,10 @@ BACKLOG_MAX = 20_000
 XREAD_COUNT = 5000
 #: Seconds between two pushes to a summary room (overview, workers).
 SUMMARY_INTERVAL = 1.0
+#: Seconds between two pushes of the alerts room.
+ALERTS_EVERY = 2.0
+#: The beat room re-reads every entry (up to 1,000: ~0.1 s): at most this often on changes.
+BEAT_THROTTLE = 2.0
 #: Longest task id, hostname or filter value in a room name (Celery's ids are 36).
 MAX_VALUE = 255
 #: States one task-list filter may name.
@@ -311,6 +320,8 @@ def _push_lists(push: Push, lists: TaskLists, _state: dict[str, Any]) -> Emitter
         for room, ids in wanted.items():
             found = push.found(ids)
             if found:
+                # rows may be shared between rooms: flag copies
+                found = lost.annotate(push.store, [dict(r) for r in found])
                 push.emit("tasks", {"rows": found}, room)
 
     return emit if wanted else None
@@ -363,6 +374,31 @@ def _push_workers(push: Push, rooms: dict[str, str], _state: dict[str, Any]) -> 
     return emit
 
 
+def _alerts(store: Store, _arg: str) -> tuple[str, Any]:
+    from .. import alerts  # the alerts module owns its reads
+
+    return "alerts", alerts.live_snapshot(store)
+
+
+def _beat(store: Store, _arg: str) -> tuple[str, Any]:
+    # Shared by every client: no entry arguments for anyone when they are hidden
+    # from viewers (an operator's page reads them from the API).
+    from .. import beat
+
+    body = beat.beat_status(store, beat.app_for(store))
+    if store.settings.hide_args_from_viewers:
+        for row in body["entries"]:
+            row["args"] = row["kwargs"] = None
+    return "beat", body
+
+
+def _parse_history(payload: dict[str, Any]) -> str:
+    try:
+        return history_room.parse(payload)
+    except history_room.HistoryRoomError as exc:
+        raise RoomError(str(exc)) from None
+
+
 _NO_ARG: Callable[[dict[str, Any]], str | None] = lambda _p: None  # noqa: E731
 _TASK, _WORKER = frozenset({"task"}), frozenset({"worker"})
 
@@ -382,6 +418,9 @@ ROOM_KINDS: dict[str, RoomKind] = {
     "task": RoomKind(
         lambda p: room_arg(p, "id", "task"), _task, _push_details, on=_TASK, drops="task"
     ),
+    # periodic tasks (monitor/beat.py): new runs arrive as task changes; due and
+    # missed follow the clock, hence the refresh
+    "beat": RoomKind(_NO_ARG, _beat, on=_TASK, throttle=BEAT_THROTTLE, every=REFRESH_EVERY),
     "worker": RoomKind(
         lambda p: room_arg(p, "hostname", "worker"),
         _worker,
@@ -389,6 +428,15 @@ ROOM_KINDS: dict[str, RoomKind] = {
         on=_TASK | _WORKER,
         drops="worker",
     ),
+    # every known queue, pushed when the elected sampler stored a new sample (issue 10)
+    "queues": RoomKind(
+        _NO_ARG, queues_api.room_snapshot, queues_api.room_push, every=queues_api.ROOM_EVERY
+    ),
+    # periodic: the history counters are not in the change feed (monitor.web.history_room)
+    "history": RoomKind(_parse_history, history_room.snapshot, every=history_room.EVERY),
+    # alerts are not in the change feed: the sent log, pending deliveries and
+    # firing subjects, every ALERTS_EVERY seconds (viewer-safe: webhooks masked)
+    "alerts": RoomKind(_NO_ARG, _alerts, every=ALERTS_EVERY),
 }
 
 
@@ -777,6 +825,10 @@ class Hub:
         self._lock = threading.Lock()
         self._started = False
         self._stop = threading.Event()
+        #: started with the tailer (the elected jobs): at serve's start, or when an
+        #: embedded dashboard gets its first Socket.IO connection (after any fork)
+        #: (objects with start() and stop(); stopped with the hub)
+        self.companions: list[Any] = []
         self._index = RoomIndex([])
         self.pushes = 0
 
@@ -821,10 +873,14 @@ class Hub:
                 return
             self._started = True
         self.socketio.start_background_task(self._run)
+        for companion in self.companions:
+            companion.start()
 
     def stop(self) -> None:
         self._stop.set()
         self._release_leader()
+        for companion in self.companions:
+            companion.stop()
 
     def _release_leader(self) -> None:
         if self.shared:

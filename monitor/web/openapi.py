@@ -8,6 +8,7 @@ from typing import Any
 from flask import Blueprint, current_app, jsonify
 
 from .. import __version__
+from ..lost import FLAGS
 from ..store import MAX_KEY_PART
 from ..vocabulary import LIST_FIELDS, SORT_FIELDS
 from .flower_api import FLOWER_SORT_BY, MAX_FLOWER_LIMIT, MAX_FLOWER_OFFSET
@@ -121,7 +122,17 @@ def spec(prefix: str = "") -> dict[str, Any]:
     paths = {
         "/api/v1/tasks": _get(
             "Tasks, newest first, filtered and paged",
-            task_filters,
+            [
+                *task_filters,
+                _param(
+                    "flag",
+                    "lost: RECEIVED/STARTED on a worker that is offline; stuck: STARTED past"
+                    " its time limit or far past its name's p99 (monitor.lost). A newest-first"
+                    " scan of the RECEIVED/STARTED indexes within the scan budget; not with"
+                    " sort or q",
+                    {"type": "string", "enum": list(FLAGS)},
+                ),
+            ],
             {
                 "200": _ok(
                     "a page; total is null when the indexes cannot count the filters"
@@ -295,16 +306,32 @@ def spec(prefix: str = "") -> dict[str, Any]:
     }
     # The action endpoints document themselves (monitor.web.actions_api, flower_control).
     from .actions_api import openapi_paths as action_paths
+    from .alerts_api import alerts_paths
     from .flower_control import openapi_paths as flower_control_paths
     from .history_api import history_paths
+    from .task_names_api import openapi_paths as task_name_paths
 
     paths.update(action_paths())
     paths.update(flower_control_paths())
     paths.update(history_paths())
+    paths.update(task_name_paths())
     from .queues_api import queues_paths
 
     paths.update(queues_paths())
-    row_props = {name: {"type": "string"} for name in ("id", *LIST_FIELDS)}
+    paths.update(alerts_paths())
+    from .beat_api import beat_paths
+
+    paths.update(beat_paths())
+    from .lost_api import lost_paths
+
+    paths.update(lost_paths())
+    row_props: dict[str, Any] = {name: {"type": "string"} for name in ("id", *LIST_FIELDS)}
+    # monitor.lost's flags, on every row of /api/v1/tasks (not the state: a flag)
+    row_props.update(
+        lost={"type": "boolean"},
+        stuck={"type": "boolean"},
+        stuck_reason={"type": ["string", "null"]},
+    )
     return {
         "openapi": "3.1.0",
         "info": {

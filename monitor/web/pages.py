@@ -19,7 +19,15 @@ from flask import current_app, render_template, url_for
 from ..auth import Role
 from ..vocabulary import PAGE_STATES, RETRIABLE_STATES, UNFINISHED_STATES
 from . import security
+from .api import register_converter
 from .blueprint import bp
+
+# ``<anypath:...>``: a task name is any text, newlines included (see api.AnyPath).
+register_converter(bp)
+
+#: The history charts' scripts (pages that chart history): the vendored chart
+#: library, then the component (static/monitor/charts.js, window.MonitorCharts).
+CHART_SCRIPTS = ("vendor/uPlot.iife.min.js", "charts.js")
 
 
 def _page(page: str, title: str, scripts: tuple[str, ...] = (), **params: Any) -> str:
@@ -62,7 +70,7 @@ def _page(page: str, title: str, scripts: tuple[str, ...] = (), **params: Any) -
 
 @bp.get("/")
 def overview() -> str:
-    return _page("overview", "Overview")
+    return _page("overview", "Overview", scripts=CHART_SCRIPTS)
 
 
 @bp.get("/tasks")
@@ -82,7 +90,7 @@ def workers() -> str:
 
 @bp.get("/worker/<path:hostname>")
 def worker(hostname: str) -> str:
-    return _page("worker", f"Worker {hostname}", hostname=hostname)
+    return _page("worker", f"Worker {hostname}", scripts=CHART_SCRIPTS, hostname=hostname)
 
 
 @bp.get("/bulk")
@@ -101,4 +109,32 @@ def audit() -> str:
 
 @bp.get("/queues")
 def queues() -> str:
+    """Every known queue: depth, consumers, oldest message, history, queue wait."""
     return _page("queues", "Queues", scripts=("pages/queues.js",))
+
+
+@bp.get("/alerts")
+def alerts() -> str:
+    """Alert rules, what fires now, pending deliveries and the sent log (viewers read,
+    operators edit the UI's rules)."""
+    return _page("alerts", "Alerts", scripts=("pages/alerts.js",))
+
+
+@bp.get("/lost")
+def lost_page() -> str:
+    """Lost and stuck tasks, broker redeliveries, configuration risks (monitor.lost)."""
+    return _page("lost", "Lost & risks", scripts=("pages/lost.js",))
+
+
+@bp.get("/beat")
+def beat() -> str:
+    """Periodic tasks: beat_schedule and redbeat entries, last and next runs, missed ones."""
+    return _page("beat", "Periodic tasks", scripts=("pages/beat.js",))
+
+
+@bp.get("/task-name/<anypath:name>")
+def task_name(name: str) -> str:
+    """One task name: counters, failure rate, runtime distribution, failures by type."""
+    return _page(
+        "task_name", f"Task name {name}", scripts=(*CHART_SCRIPTS, "pages/task_name.js"), name=name
+    )

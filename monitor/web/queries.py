@@ -51,6 +51,7 @@ from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Any
 
+from .. import lost
 from ..store import MAX_KEY_PART, MAX_MEMBERS, Store
 from ..vocabulary import (
     FILTER_FIELDS,
@@ -1049,6 +1050,7 @@ def task_detail(store: Store, task_id: str, can_see_args: bool = True) -> dict[s
     # says so instead of showing it as running. None: no worker known.
     worker = store.worker(task["worker"]) if task.get("worker") else None
     task["worker_online"] = worker["online"] if worker is not None else None
+    task.update(lost.detail_flags(store, task))
     return visible_task(task, can_see_args)
 
 

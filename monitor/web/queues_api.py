@@ -68,18 +68,9 @@ def queue_list() -> Any:
     """
     store = get_store()
     window = _window("window", "1h")
-    sample = queues.latest_sample(store) or {}
-    rows = sorted((sample.get("queues") or {}).values(), key=lambda r: r["name"])
-    return jsonify(
-        {
-            "sampled_at": sample.get("sampled_at"),
-            "broker": sample.get("broker"),
-            "error": sample.get("error"),
-            "interval": current_app.extensions["monitor"].settings.queues_interval,
-            "queues": rows,
-            "queue_wait": queue_wait(store, window),
-        }
-    )
+    body = queues.overview(store, current_app.extensions["monitor"].settings)
+    body["queue_wait"] = queue_wait(store, window)
+    return jsonify(body)
 
 
 @queues_api.get("/queues/<anypath:queue>/history")
@@ -112,6 +103,30 @@ def flower_queue_length() -> Any:
     return jsonify(
         {"active_queues": [{"name": n, "messages": sample[n].get("depth") or 0} for n in names]}
     )
+
+
+# -- the live room (monitor.web.live.ROOM_KINDS["queues"]) ------------------------------
+#: Seconds between two looks at the stored sample while the room has subscribers.
+ROOM_EVERY = 2.0
+
+
+def room_snapshot(store: Any, _arg: Any) -> tuple[str, Any]:
+    """A new subscriber's first message: the last sample, as the page draws it."""
+    return "queues", queues.overview(store, store.settings)
+
+
+def room_push(push: Any, rooms: dict[Any, str], state: dict[str, Any]) -> Any:
+    """Every ROOM_EVERY seconds: the sample again if the sampler stored a new one."""
+    body = queues.overview(push.store, push.store.settings)
+    if body["sampled_at"] is None or body["sampled_at"] == state.get("sampled_at"):
+        return None
+    state["sampled_at"] = body["sampled_at"]
+
+    def emit() -> None:
+        for room in rooms.values():
+            push.emit("queues", body, room)
+
+    return emit
 
 
 def queues_paths() -> dict[str, Any]:

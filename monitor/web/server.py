@@ -101,18 +101,7 @@ def build(settings: Any, events: bool = True, app: Any = None) -> tuple[Any, Any
     hub = ext.hub
     hub.events_status = lambda: _events_status(receiver)
     hub.ensure_started()
-    from .. import queues
-    from ..jobs import JobRunner
-
-    # The elected jobs (issue 10): one runner per process, each job run by one process.
-    ext.jobs = JobRunner(
-        ext.store,
-        ext.settings,
-        queues.jobs(ext.settings),
-        app,
-        spawn=ext.socketio.start_background_task,
-    )
-    ext.jobs.start()
+    ext.jobs.start()  # the elected jobs (built by init_app; stopped by run_server)
     return flask_app, receiver
 
 

@@ -57,6 +57,7 @@
   }
   function taskLink(id, text) { return link("/task/" + enc(id), text || id); }
   function workerLink(host) { return link("/worker/" + enc(host), host); }
+  function taskNameLink(name) { return link("/task-name/" + enc(name), name); }
   function badge(state) {
     return h("span", {class: "badge state-" + String(state || "UNKNOWN").toLowerCase(),
                       text: state || "?"});
@@ -235,6 +236,12 @@
     rooms.push(payload);
     if (socket.connected) socket.emit("subscribe", payload);
   }
+  // Leave one room (a chart's previous window).
+  function unsubscribe(payload) {
+    var key = JSON.stringify(payload);
+    rooms = rooms.filter(function (p) { return JSON.stringify(p) !== key; });
+    if (socket.connected) socket.emit("unsubscribe", payload);
+  }
   function unsubscribeAll() {
     rooms.forEach(function (p) { if (socket.connected) socket.emit("unsubscribe", p); });
     rooms = [];
@@ -299,11 +306,25 @@
     };
   }
   var TASK_COLUMNS = ["State", "Name", "Task id", "Worker", "Received", "Runtime", "Arguments"];
+  // Flags, not states (monitor/lost.py): the rows of /api/v1/tasks carry lost and stuck.
+  function flagBadges(row) {
+    var out = [];
+    if (row.lost === true) out.push(h("span", {class: "badge state-lost flag", text: "lost",
+      title: "its worker is offline: this task may be lost"}));
+    if (row.stuck === true) out.push(h("span", {class: "badge flag-stuck flag", text: "stuck",
+      title: String(row.stuck_reason || "stuck")}));
+    if (row.redelivery === true) out.push(h("span", {class: "badge flag-broker flag",
+      text: "will be redelivered", title: "unacknowledged for longer than the broker's " +
+        "visibility timeout"}));
+    if (row.runs_twice === true) out.push(h("span", {class: "badge flag-broker flag",
+      text: "runs twice", title: "its ETA is further than the broker's visibility timeout"}));
+    return out;
+  }
   var taskRow = safeRow(drawTaskRow, TASK_COLUMNS.length);
   function drawTaskRow(row) {
     var tr = h("tr", {"data-id": row.id},
-      h("td", null, badge(row.state)),
-      h("td", {class: "name", text: row.name || "—"}),
+      h("td", null, badge(row.state), flagBadges(row)),
+      h("td", {class: "name"}, row.name ? taskNameLink(row.name) : "—"),
       h("td", {class: "mono"}, taskLink(row.id)),
       h("td", null, row.worker ? workerLink(row.worker) : h("span", {class: "muted", text: "—"})),
       h("td", null, fmtTime(row.received || row.sent || row.timestamp)),
@@ -524,6 +545,8 @@
 
   pages.overview = function () {
     var data = null;
+    // The history charts (charts.js): made once, put back on each render.
+    var charts = window.MonitorCharts.historySection(toolkit, "History", {});
     function render() {
       if (!data) return;
       var counts = data.counts || {};
@@ -542,12 +565,6 @@
             h("span", {class: "value state-text-" + s.toLowerCase(),
                         text: fmtNum(counts[s] || 0)}));
         }));
-      var minutes = Array.isArray(data.minutes) ? data.minutes : [];
-      var throughput = minutes.map(function (m) {
-        return {minute: m.minute, value: (num(m.succeeded) || 0) + (num(m.failed) || 0)}; });
-      var failureRate = minutes.map(function (m) {
-        var done = (num(m.succeeded) || 0) + (num(m.failed) || 0);
-        return {minute: m.minute, value: done ? (num(m.failed) || 0) / done : 0}; });
       var notes = [];
       Object.keys(data.dropped || {}).forEach(function (src) {
         if (data.dropped[src]) notes.push(h("div", {class: "warn-note",
@@ -557,24 +574,17 @@
       if (data.malformed) notes.push(h("div", {class: "warn-note",
         text: fmtNum(data.malformed) + " malformed events skipped"}));
       clear(main);
-      append(main, [h("h1", {text: "Overview"}), notes, cards,
-        h("div", {class: "two"},
-          section("Throughput (tasks finished per minute, last hour)",
-            barChart(throughput, {cls: "bar-ok", label: "throughput"})),
-          section("Failure rate (per minute, last hour)",
-            barChart(failureRate, {cls: "bar-bad", min: 0.01, label: "failure rate",
-              format: function (v) { return Math.round(v * 100) + " %"; }}))),
+      append(main, [h("h1", {text: "Overview"}), notes, cards, charts.el,
         h("div", {class: "two"},
           section("Slowest task names (average runtime)", slowest.length ?
             table(["Name", "Average", "Runs"], slowest.map(function (r) {
-              return h("tr", null, h("td", null, link("/tasks?name=" + enc(r.name),
-                r.name)), h("td", {class: "num", text: fmtDuration(r.avg_runtime)}),
+              return h("tr", null, h("td", null, taskNameLink(r.name)),
+                h("td", {class: "num", text: fmtDuration(r.avg_runtime)}),
                 h("td", {class: "num", text: fmtNum(r.count)}));
             })) : h("p", {class: "muted", text: "No finished tasks in the last hour."})),
           section("Most failing task names", failing.length ?
             table(["Name", "Failures"], failing.map(function (r) {
-              return h("tr", null, h("td", null, link("/tasks?state=FAILURE&name=" +
-                enc(r.name), r.name)),
+              return h("tr", null, h("td", null, taskNameLink(r.name)),
                 h("td", {class: "num", text: fmtNum(r.failures)}));
             })) : h("p", {class: "muted", text: "No failures in the last hour."})))]);
     }
@@ -583,7 +593,7 @@
         .catch(function (e) { clear(main); append(main, errorBox(e)); });
     }
     on("overview", function (d) { data = d; schedule(render); });
-    handlers.refresh = load;
+    handlers.refresh = function () { load(); charts.load(); };  // pushes were missed
     subscribe({room: "overview"});
     load();
   };
@@ -591,11 +601,11 @@
   pages.tasks = function () {
     var params = new URLSearchParams(location.search);
     var filters = {};
-    ["state", "name", "worker", "since", "until", "q", "sort", "order"].forEach(function (k) {
-      if (params.get(k)) filters[k] = params.get(k);
-    });
+    ["state", "name", "worker", "since", "until", "q", "sort", "order", "flag"]
+      .forEach(function (k) { if (params.get(k)) filters[k] = params.get(k); });
     var rows = new Map();   // id -> row, in display order
-    var nextCursor = null, total = null, liveOn = !filters.q && !filters.sort;
+    // A flag filter is a scan: live pushes update its rows, they add none.
+    var nextCursor = null, total = null, liveOn = !filters.q && !filters.sort && !filters.flag;
     var tbody, summary, more;
 
     function form(names) {
@@ -619,13 +629,19 @@
         [["", "newest first"], ["runtime", "slowest first"], ["name", "by name"]].map(function (o) {
           return h("option", {value: o[0], text: o[1], selected: (filters.sort || "") === o[0] ?
             "selected" : null}); }));
+      var flag = h("select", {name: "flag", title: "lost: on an offline worker; stuck: past " +
+        "its time limit or far past its p99"},
+        [["", "any flag"], ["lost", "lost"], ["stuck", "stuck"]].map(function (o) {
+          return h("option", {value: o[0], text: o[1], selected: (filters.flag || "") === o[0] ?
+            "selected" : null}); }));
       var f = h("form", {class: "filters", onsubmit: function (ev) {
         ev.preventDefault();
         var next = {state: state.value, name: name.value, worker: worker.value.trim(),
                     since: toEpoch(since.value), until: toEpoch(until.value), q: q.value.trim(),
-                    sort: sort.value, order: sort.value === "name" ? "asc" : ""};
+                    sort: sort.value, order: sort.value === "name" ? "asc" : "",
+                    flag: flag.value};
         location.search = qs(next);
-      }}, state, name, worker, since, until, q, sort,
+      }}, state, name, worker, since, until, q, sort, flag,
         h("button", {type: "submit", text: "Apply"}),
         h("a", {href: CFG.prefix + "/tasks", class: "reset", text: "Reset"}),
         CAN_ACT ? h("a", {class: "bulk-link", title: "retry or revoke the tasks this filter " +
@@ -633,7 +649,7 @@
             filters.state) >= 0 ? "revoke" : "retry", state: filters.state, name: filters.name,
           worker: filters.worker, since: filters.since, until: filters.until}),
           text: "Bulk…"}) : null);
-      [state, name, sort].forEach(function (el) {
+      [state, name, sort, flag].forEach(function (el) {
         el.addEventListener("change", function () { f.requestSubmit(); });
       });
       return f;
@@ -657,7 +673,17 @@
     function upsert(list) {
       var fresh = new Map();
       list.forEach(function (r) {
-        if (rows.has(r.id)) rows.set(r.id, r);
+        // a pushed row has no flags: keep the fetched ones until the next fetch
+        var had = rows.get(r.id);
+        if (had && r.lost === undefined) {
+          r = Object.assign({}, r, {lost: had.lost, stuck: had.stuck,
+                                    stuck_reason: had.stuck_reason});
+        }
+        if (had && r.redelivery === undefined && r.runs_twice === undefined &&
+            NOT_RUNNING[r.state] !== 1) {
+          r = Object.assign({}, r, {redelivery: had.redelivery, runs_twice: had.runs_twice});
+        }
+        if (had) rows.set(r.id, r);
         else if (liveOn) fresh.set(r.id, r);
       });
       if (fresh.size) {
@@ -834,10 +860,23 @@
       var lost = task.worker_online === false && task.state && !NOT_RUNNING[task.state] ?
         h("span", {class: "badge state-lost", title: "the worker that ran this task stopped " +
           "sending heartbeats", text: "worker offline: this task may be lost"}) : null;
+      var stuck = task.stuck === true ? h("span", {class: "badge flag-stuck flag",
+        title: String(task.stuck_reason || ""), text: "stuck"}) : null;
+      // What the Redis broker will do with it (monitor/lost.py: unacked, visibility timeout)
+      var brokerInfo = task.broker && typeof task.broker === "object" ? task.broker : {};
+      if (task.stuck === true) notes.push(h("div", {class: "warn-note stuck-note",
+        text: "Stuck: " + String(task.stuck_reason || "")}));
+      if (brokerInfo.redelivery) notes.push(h("div", {class: "warn-note redelivery-note",
+        text: "Will be redelivered: its message has been unacknowledged for " +
+          fmtDuration(brokerInfo.redelivery.age) + ", longer than the broker's visibility " +
+          "timeout; the next worker that restores unacked messages puts it back in its queue."}));
+      if (brokerInfo.eta_beyond_visibility) notes.push(h("div", {class: "warn-note eta-note",
+        text: "Will run twice: its ETA is further from its delivery than the broker's " +
+          "visibility timeout, so the message is redelivered before it runs."}));
       var shown = {id: 1, state: 1, name: 1, timeline: 1, children: 1, group: 1, args: 1, kwargs: 1,
         args_json: 1, kwargs_json: 1, result: 1, exception: 1, traceback: 1, progress: 1,
         children_rows: 1, worker_online: 1, retry_of: 1, retried_as: 1, retried_by: 1, body: 1,
-        publish_headers: 1};
+        publish_headers: 1, lost: 1, stuck: 1, stuck_reason: 1, broker: 1};
       var other = Object.keys(task).filter(function (k) { return !shown[k] &&
         !/_truncated$/.test(k) && !(/_reported$/.test(k) && TIME_FIELDS.test(k.slice(0, -9))); })
         .sort().map(function (k) {
@@ -849,8 +888,9 @@
         });
       clear(top);
       append(top, [
-        h("div", {class: "title-row"}, h("h1", {class: "name", text: task.name || "unknown task"}),
-          badge(task.state), lost),
+        h("div", {class: "title-row"}, h("h1", {class: "name"}, task.name ?
+          taskNameLink(task.name) : "unknown task"),
+          badge(task.state), lost, stuck),
         h("p", {class: "mono muted", text: id}), lineage(task)]);
       clear(body);
       append(body, [
@@ -968,6 +1008,9 @@
       var t = d && d.task;
       if (!t || typeof t !== "object") return;
       if (t.id === id || t.id === undefined) {
+        // pushes carry no broker view (the API adds it): keep the last one fetched
+        if (t.broker === undefined && lastTask && lastTask.broker && NOT_RUNNING[t.state] !==
+            1) t = Object.assign({}, t, {broker: lastTask.broker});
         lastTask = t;
         schedule(function () { render(t); });
       } else if (t.id in watched) {
@@ -1262,8 +1305,9 @@
       schedule(render);
     });
     clear(main);
-    append(main, [head, refusalLine(), queuesHolder, controls, tasksHolder]);
-    handlers.refresh = load;
+    var charts = window.MonitorCharts.historySection(toolkit, "History", {worker: host});
+    append(main, [head, refusalLine(), charts.el, queuesHolder, controls, tasksHolder]);
+    handlers.refresh = function () { load(); charts.load(); };  // pushes were missed
     subscribe({room: "worker", hostname: host});
     load();
     if (CAN_ACT) {
@@ -1621,10 +1665,12 @@
   // window.MonitorPages[<page>]; it gets this toolkit, the same helpers the
   // pages above use, so no page reimplements escaping, time formats or rooms.
   var toolkit = {CFG: CFG, main: main, h: h, append: append, clear: clear, link: link,
-    enc: enc, taskLink: taskLink, workerLink: workerLink, badge: badge, num: num, raw: raw,
+    enc: enc, taskLink: taskLink, workerLink: workerLink, taskNameLink: taskNameLink,
+    badge: badge, num: num, raw: raw,
     fmtNum: fmtNum, fmtTime: fmtTime, fmtDuration: fmtDuration, fmtDelta: fmtDelta, ago: ago,
     agoEl: agoEl, qs: qs, getJSON: getJSON, api: api, post: post, pretty: pretty,
-    errorBox: errorBox, schedule: schedule, subscribe: subscribe, on: on, handlers: handlers,
+    errorBox: errorBox, schedule: schedule, subscribe: subscribe, unsubscribe: unsubscribe,
+    on: on, handlers: handlers,
     table: table, kv: kv, section: section, safeRow: safeRow, taskRow: taskRow,
     TASK_COLUMNS: TASK_COLUMNS, button: button, confirmAction: confirmAction,
     repliesView: repliesView, field: field, numberOr: numberOr, refusalLine: refusalLine,

@@ -48,6 +48,7 @@
         return h("p", {class: "purged", text: "Purged " + M.fmtNum(r && r.purged) + " of " +
           M.fmtNum(r && r.depth_before) + " messages from " + name + "."});
       },
+      done: function () { load(); },
     });
     M.api("/queues/" + M.enc(name)).then(function (r) {
       depth.className = "queue-depth";
@@ -87,6 +88,7 @@
       return M.button(w, function () {
         state.window = w; params.set("window", w);
         history.replaceState(null, "", location.pathname + "?" + params.toString());
+        load();  // the queue wait table covers the window too
         loadHistory();
       }, w === state.window ? "btn-primary" : null, {"data-window": w});
     }));
@@ -134,6 +136,11 @@
       "No sample yet: the sampler runs in one serve process every " +
         M.fmtDuration(d.interval) + "."));
     if (d.error) M.append(main, h("div", {class: "warn-note", text: String(d.error)}));
+    var age = M.num(d.sampled_at) === null ? null : Date.now() / 1000 - M.num(d.sampled_at);
+    if (age !== null && age > 3 * (M.num(d.interval) || 10) + 5) {
+      M.append(main, h("div", {class: "warn-note stale", text: "This sample is " +
+        M.fmtDuration(age) + " old: the sampler has stopped (is a serve process running?)."}));
+    }
     M.append(main, M.refusalLine());
     var columns = ["Queue", "Depth", "Consumers", "Oldest message", "Seen via", "Sources"];
     if (M.CAN_ACT) columns.push("");
@@ -174,7 +181,7 @@
     M.schedule(render);
     loadHistory();
   });
-  M.subscribe({kind: "queues"});
+  M.subscribe({room: "queues"});
   render();
   load();
 };
