@@ -1082,7 +1082,9 @@ class Engine:
         else:
             fresh = self.store.minute_stats(min(2, minutes), now=now)
         for entry in fresh:
-            self._minutes[int(entry["minute"]) // 60] = entry["counters"]
+            # the global counters and the per-name ones (``state:FAILURE|proj.add``)
+            counters = {**entry["counters"], **entry.get("names", {})}
+            self._minutes[int(entry["minute"]) // 60] = counters
         oldest = last - int(_DAY // 60) - 1
         for minute in [m for m in self._minutes if m < oldest]:
             del self._minutes[minute]

@@ -368,6 +368,24 @@ class Settings:
         "seconds per-name and per-worker hourly counters are kept (the history's 24 h and "
         "7 d windows of one task name or worker)",
     )
+    metrics_max_names: int = _setting(
+        1000, _int_range(1, 100_000), "task names /metrics labels; past it: __other__"
+    )
+    metrics_max_hostnames: int = _setting(
+        500, _int_range(1, 100_000), "hostnames /metrics labels; past it: __other__"
+    )
+    metrics_max_queues: int = _setting(
+        500, _int_range(1, 100_000), "queue names /metrics labels; past it: __other__"
+    )
+    metrics_max_exceptions: int = _setting(
+        200, _int_range(1, 100_000), "exception classes /metrics labels; past it: __other__"
+    )
+    metrics_max_series: int = _setting(
+        50_000,
+        _int_range(100, 10_000_000),
+        "fields of the /metrics totals hash (label combinations x buckets); past it, new "
+        "combinations count with every label __other__",
+    )
     # -- queues (issue 10)
     queues_interval: float = _setting(
         10.0,

@@ -258,3 +258,30 @@ def queue_wait_by_name(
             out.append(row)
     out.sort(key=lambda r: (-r["count"], r["name"]))
     return out
+
+
+def counts_by_name(
+    store: Store, window_seconds: float, states: Sequence[str] = ("SUCCESS", "FAILURE")
+) -> dict[str, dict[str, int]]:
+    """Transitions into ``states`` per task name over the last ``window_seconds``:
+    ``{name: {"SUCCESS": n, "FAILURE": n}}`` (names past the stats cap as
+    ``__other__``), e.g. for a failure-rate alert on a name pattern.
+
+    The names are not known in advance, so each period's per-name hash is read
+    whole: at most 60 minute hashes (``STATS_FIELDS`` fields each, plus a batch's
+    worth) for an hour or less, else at most 168 hourly ones."""
+    seconds = _check_window_seconds(window_seconds)
+    wanted = {v.STAT_STATE + s: s for s in states}
+    step, _, periods = _periods(seconds, time.time())
+    pipe = store.redis.pipeline(transaction=False)
+    for period in periods:
+        pipe.hgetall(store.keys.stats_names(_period_key(store, step, period)))
+    out: dict[str, dict[str, int]] = {}
+    for fields in pipe.execute():
+        for field, value in fields.items():
+            base, _, name = field.partition(v.STAT_SCOPE)
+            state = wanted.get(base)
+            if state is not None:
+                row = out.setdefault(name, dict.fromkeys(states, 0))
+                row[state] += int(_number(value))
+    return out

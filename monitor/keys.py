@@ -140,6 +140,18 @@ class Keys:
         """stream: one entry per attempted operator action, refused ones included."""
         return f"{self.prefix}:audit"
 
+    # -- /metrics totals (monitor/web/metrics.py, issue 10) ------------------------
+    @property
+    def metrics_totals(self) -> str:
+        """hash: monotonic totals behind /metrics' counters and histograms (fields
+        spelled in monitor/vocabulary.py), kept by the write script, never expiring."""
+        return f"{self.prefix}:metrics:totals"
+
+    def metrics_labels(self, kind: str) -> str:
+        """set: the values of one label kind (name, hostname, queue, exception)
+        admitted into the totals; past its cap, new values count as __other__."""
+        return f"{self.prefix}:metrics:labels:{kind}"
+
     # -- queues (monitor/queues.py, issue 10) ------------------------------------
     @property
     def queues(self) -> str:
@@ -225,6 +237,8 @@ class Keys:
             self.stats_names(""),  # 15: suffix
             self.stats_workers(""),  # 16: suffix
             self.queues,  # 17: queues seen at publish (issue 10, queues)
+            self.metrics_totals,  # 18
+            self.metrics_labels(""),  # 19: prefix
         ]
 
 

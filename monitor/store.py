@@ -57,7 +57,10 @@ MAX_TASK_FIELDS = 200
 #: minute (its states, a few runtime and queue-wait buckets, sums, its anchor).
 STATS_FIELDS = 2_000
 #: The same for an hourly hash (a name spreads over more buckets in an hour).
-STATS_HOUR_FIELDS = 5_000
+STATS_HOUR_FIELDS = 3_000
+#: Fields of a global stats hash past which new custom states are not counted
+#: (Celery's states, the buckets and the sums take at most 52).
+STATS_GLOBAL_FIELDS = 64
 #: The task hash field holding its queue wait (received - sent, seconds): the
 #: store's own (the script counts it once, and this field says it did).
 QUEUE_WAIT_FIELD = "queue_wait"
@@ -314,7 +317,15 @@ class Store:
                     "h": _seconds(s.stats_hours_ttl),
                     "hn": _seconds(s.stats_scoped_hours_ttl),
                 },
-                "cap": {"mn": STATS_FIELDS, "hn": STATS_HOUR_FIELDS},
+                "cap": {"mn": STATS_FIELDS, "hn": STATS_HOUR_FIELDS, "g": STATS_GLOBAL_FIELDS},
+                "mt": vocabulary.metrics_spelling(),
+                "mcap": {
+                    "name": s.metrics_max_names,
+                    "hostname": s.metrics_max_hostnames,
+                    "queue": s.metrics_max_queues,
+                    "exception": s.metrics_max_exceptions,
+                    "series": s.metrics_max_series,
+                },
                 "max_queues": MAX_QUEUES_SEEN,  # issue 10, queues
             }
         )
@@ -490,7 +501,9 @@ class Store:
 
     # -- statistics ------------------------------------------------------------
     def minute_stats(self, minutes: int = 60, now: float | None = None) -> list[dict[str, Any]]:
-        """Per-minute counters for the last ``minutes`` minutes, oldest first."""
+        """The last ``minutes`` minutes, oldest first: ``{"minute", "counters" (the
+        global hash), "names" (the per-name hash: ``<field>|<name>``)}``, fields
+        spelled in monitor/vocabulary.py. (Windowed reads: monitor.history.)"""
         now = time.time() if now is None else now
         last = int(now // 60)
         first = last - minutes + 1
@@ -500,12 +513,10 @@ class Store:
             pipe.hgetall(key)
             pipe.hgetall(self.keys.stats_names(key))
         raw = pipe.execute()
-        out = []
-        for i, minute in enumerate(range(first, last + 1)):
-            counters = raw[2 * i]
-            counters.update(_legacy_names(raw[2 * i + 1]))
-            out.append({"minute": minute * 60, "counters": counters})
-        return out
+        return [
+            {"minute": minute * 60, "counters": raw[2 * i], "names": raw[2 * i + 1]}
+            for i, minute in enumerate(range(first, last + 1))
+        ]
 
     # -- maintenance -------------------------------------------------------
     def delete_all(self) -> int:
@@ -520,29 +531,6 @@ class Store:
         if batch:
             deleted += self.redis.unlink(*batch)
         return deleted
-
-
-def _legacy_names(fields: dict[str, str]) -> dict[str, str]:
-    """Per-name fields in the spelling the overview (``api.stats``) reads:
-    ``name:<n>:<STATE>``, ``rtsum:<n>``, ``rtcnt:<n>``. (Until the overview reads
-    monitor.history; the hashes themselves use monitor/vocabulary.py's.)"""
-    out: dict[str, str] = {}
-    counts: dict[str, int] = {}
-    v = vocabulary
-    for field, value in fields.items():
-        base, _, name = field.partition(v.STAT_SCOPE)
-        if base.startswith(v.STAT_STATE):
-            out[f"name:{name}:{base[len(v.STAT_STATE) :]}"] = value
-        elif base == v.STAT_RUNTIME_SUM:
-            out[f"rtsum:{name}"] = value
-        elif base.startswith(v.STAT_RUNTIME):
-            try:
-                counts[name] = counts.get(name, 0) + int(value)
-            except ValueError:
-                continue
-    for name, n in counts.items():
-        out[f"rtcnt:{name}"] = str(n)
-    return out
 
 
 def _seconds(value: float) -> int:

@@ -214,3 +214,30 @@ def stats_spelling() -> dict[str, object]:
         "buckets": [[b, bucket_label(b)] for b in STAT_BUCKETS],
         "inf": STAT_INF,
     }
+
+
+# -- /metrics totals: one hash of monotonic totals ({p}:metrics:totals) ------------
+# Field: ``<kind>\x1f<name>\x1f<hostname>\x1f<queue>[\x1f<suffix>]``. Kinds are the
+# counters above (suffix: the exception class for ``failed``) and the
+# histograms below (suffix: a bucket label of STAT_BUCKETS, or ``sum``). The
+# script replaces the separator in label values, so a field splits exactly.
+METRIC_SEP = "\x1f"
+METRIC_RUNTIME = "runtime"
+METRIC_WAIT = "queue_wait"
+METRIC_SUM = "sum"
+#: Label kinds with a cap (settings metrics_max_*), each a set of admitted values.
+METRIC_LABELS = ("name", "hostname", "queue", "exception")
+#: celery-exporter's label for an exception it cannot name.
+METRIC_UNKNOWN_EXCEPTION = "UnknownException"
+
+
+def metrics_spelling() -> dict[str, object]:
+    """What the write script needs to spell the totals' fields (its config's ``mt``)."""
+    return {
+        "sep": METRIC_SEP,
+        "counters": STAT_COUNTERS,
+        "runtime": METRIC_RUNTIME,
+        "wait": METRIC_WAIT,
+        "sum": METRIC_SUM,
+        "unknown_exception": METRIC_UNKNOWN_EXCEPTION,
+    }

@@ -231,3 +231,33 @@ def test_history_api(client, store):
     spec = client.get("/api/openapi.json").get_json()
     params = spec["paths"]["/api/v1/history"]["get"]["parameters"]
     assert [p["name"] for p in params] == ["window", "name", "worker"]
+
+
+def test_counts_by_name(store: Store):
+    t = time.time() - 30
+    events = lifecycle("c1", t, name="proj.c") + lifecycle("c2", t, name="proj.c", state="FAILURE")
+    events += lifecycle("d1", t, name="proj.d", state="FAILURE")
+    store.apply(events)
+    assert history.counts_by_name(store, 600) == {
+        "proj.c": {"SUCCESS": 1, "FAILURE": 1},
+        "proj.d": {"SUCCESS": 0, "FAILURE": 1},
+    }
+    assert history.counts_by_name(store, 86400, states=("RECEIVED",)) == {
+        "proj.c": {"RECEIVED": 2},
+        "proj.d": {"RECEIVED": 1},
+    }
+
+
+def test_invented_states_cannot_grow_a_global_hash(store: Store):
+    for i in range(30):
+        store.apply(
+            [TaskEvent(f"s{i}-{j}", f"CUSTOM_{i}_{j}", MINUTE, "event", "w", {}) for j in range(10)]
+            + lifecycle(f"ok{i}", MINUTE + 1),
+            now=NOW + 3000,
+        )
+    key = store.keys.stats(int(MINUTE // 60))
+    fields = store.redis.hgetall(key)
+    assert store_module.STATS_GLOBAL_FIELDS <= len(fields) < store_module.STATS_GLOBAL_FIELDS + 12
+    assert int(fields["state:SUCCESS"]) == 30  # Celery's states always count
+    hourly = store.redis.hlen(store.keys.stats_hour(int(MINUTE // 3600)))
+    assert hourly < store_module.STATS_GLOBAL_FIELDS + 12

@@ -242,8 +242,8 @@ def test_signal_and_event_reports_of_one_transition_are_stored_once(store: Store
     assert again.duplicates == len(batch)
     assert len(store.get_task("t")["timeline"]) == 4
     # counters counted each transition once
-    counters = store.minute_stats(1, now=T0 + 3)[-1]["counters"]
-    assert counters["state:SUCCESS"] == "1" and counters["name:a:SUCCESS"] == "1"
+    minute = store.minute_stats(1, now=T0 + 3)[-1]
+    assert minute["counters"]["state:SUCCESS"] == "1" and minute["names"]["state:SUCCESS|a"] == "1"
 
 
 def test_retries_of_one_task_are_distinct_transitions(store: Store):
@@ -472,9 +472,11 @@ def test_task_outcomes_count_on_their_worker(store: Store):
     )
     worker = store.worker("w1", now=T0)
     assert (worker["succeeded"], worker["failed"]) == ("1", "1")
-    counters = store.minute_stats(1, now=T0)[-1]["counters"]
+    minute = store.minute_stats(1, now=T0)[-1]
+    counters, names = minute["counters"], minute["names"]
     assert counters["rt:0.25"] == "1" and counters["rt:5"] == "1"
-    assert float(counters["rtsum:n"]) == pytest.approx(3.2) and counters["rtcnt:n"] == "2"
+    assert names["rt:0.25|n"] == "1" and names["rt:5|n"] == "1"
+    assert float(names["rtsum|n"]) == pytest.approx(3.2)
 
 
 def test_store_survives_a_large_batch_quickly_enough_to_be_useful(store: Store):

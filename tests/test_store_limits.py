@@ -142,9 +142,9 @@ def test_non_finite_runtimes_never_reach_a_counter(store: Store):
         assert store.apply_encoded(payload(rec, rec), now=NOW).rejected == 0
     store.apply([good("fine", runtime=2.0)], now=NOW)
     (minute,) = [m for m in store.minute_stats(1, NOW)]
-    counters = minute["counters"]
-    assert float(counters["rtsum"]) == 2.0 and float(counters["rtsum:n"]) == 2.0
-    assert all(math.isfinite(float(v)) for v in counters.values())
+    counters, names = minute["counters"], minute["names"]
+    assert float(counters["rtsum"]) == 2.0 and float(names["rtsum|n"]) == 2.0
+    assert all(math.isfinite(float(v)) for v in [*counters.values(), *names.values()])
 
 
 class Unprintable:
@@ -206,10 +206,10 @@ def test_per_name_counters_of_a_minute_are_capped(store: Store, monkeypatch):
     for i in range(100):
         fresh.apply([good(f"c-{i}", name=f"name-{i}", runtime=0.1)], now=NOW)
     (minute,) = fresh.minute_stats(1, NOW)
-    counters = minute["counters"]
-    assert len(counters) < 40 + 10
-    assert int(counters["name:__other__:SUCCESS"]) > 50
-    total = sum(int(v) for k, v in counters.items() if k.startswith("name:"))
+    names = minute["names"]
+    assert len(names) < 40 + 10
+    assert int(names["state:SUCCESS|__other__"]) > 50
+    total = sum(int(v) for k, v in names.items() if k.startswith("state:SUCCESS|"))
     assert total == 100  # nothing lost, only folded
 
 

@@ -17,6 +17,8 @@
 -- KEYS[15] per-name stats suffix       ":names"   ({p}:stats:{minute}:names ...)
 -- KEYS[16] per-worker stats suffix     ":workers"
 -- KEYS[17] queues seen at publish zset "{p}:queues"
+-- KEYS[18] /metrics totals hash        "{p}:metrics:totals"
+-- KEYS[19] /metrics label sets prefix  "{p}:metrics:labels:"
 -- timeline entry: {s=state, t=time, h=host, src="signal,event", r=retries (when
 --                  the report named its attempt), t2=second source's time, o=time the
 --                  report said when it was clamped}. t is the EARLIEST report: src lists
@@ -33,9 +35,11 @@
 --          stream_maxlen, dedup_window, purge_after, clock_skew, max_fields, max_key_len,
 --          owned[fields no record may set], sf (stats field spelling: monitor/vocabulary.py
 --          stats_spelling), ttl{m, mn, h, hn} (seconds the global and the per-name/-worker
---          per-minute and hourly stats hashes are kept), cap{mn, hn} (fields of one
---          per-name/-worker hash past which new names count under sf.other),
---          max_queues (issue 10, queues)
+--          per-minute and hourly stats hashes are kept), cap{mn, hn, g} (fields of one
+--          per-name/-worker hash past which new names count under sf.other; of a global
+--          one past which new custom states are not counted),
+--          max_queues (issue 10, queues), mt (totals' spelling: vocabulary.metrics_spelling),
+--          mcap{name, hostname, queue, exception, series} (label and field caps of the totals)
 -- ARGV[3]  now (seconds since the epoch, as text)
 -- returns  {applied, duplicates, tasks_changed, trimmed, rejected}
 --
@@ -202,6 +206,7 @@ local SCOPE, F_SEEN, OTHER = SF.scope, SF.seen, SF.other
 local BOUNDS, LABELS, INF = {}, {}, SF.inf
 for i, b in ipairs(SF.buckets) do BOUNDS[i], LABELS[i] = b[1], b[2] end
 local NBOUNDS = #BOUNDS
+local UNKNOWN_EXC = cfg.mt.unknown_exception
 local MAX_RUNTIME = 1e7  -- seconds (115 days): anything longer is not a runtime
 local floor = math.floor
 
@@ -228,7 +233,8 @@ local function row_of(minute, name, host, queue)
   local r = c[queue]
   if not r then
     r = {m = minute, name = name, host = host, queue = queue,
-         st = {}, rt = {}, rtsum = 0, qw = {}, qwsum = 0, qwn = 0}
+         st = {}, rt = {}, rtsum = 0, qw = {}, qwsum = 0, qwn = 0,
+         srt = {}, srtsum = 0, srtn = 0, exc = {}}
     c[queue] = r
     nrows[#nrows + 1] = r
   end
@@ -248,6 +254,17 @@ local function count(t, state, time, f, host)
       local b = bucket_of(runtime)
       r.rt[b] = (r.rt[b] or 0) + 1
       r.rtsum = r.rtsum + runtime
+      if state == 'SUCCESS' then  -- celery-exporter's runtime histogram: successes
+        r.srt[b] = (r.srt[b] or 0) + 1
+        r.srtsum = r.srtsum + runtime
+        r.srtn = r.srtn + 1
+      end
+    end
+    if state == 'FAILURE' then
+      -- celery-exporter's label: the class in the exception's repr, "ValueError('x')"
+      local e = f.exception
+      e = e and string.match(e, '^([%w_]+)%(') or UNKNOWN_EXC
+      r.exc[e] = (r.exc[e] or 0) + 1
     end
   end
 end
@@ -437,6 +454,15 @@ local function apply_task(rec)
     for k, v in pairs(fill) do
       if fills[k] == nil then fills[k] = v end
     end
+  end
+  -- The queue: the publish's report (PENDING) names it and wins; any other
+  -- report only fills it in (a worker's RECEIVED names the routing key the
+  -- message came by), so every arrival order stores the same queue.
+  if state == 'PENDING' then
+    local q = f.queue or (fill and fill.queue)
+    if q then f.queue = q end
+  elseif f.queue and t.queue then
+    f.queue = nil
   end
   if f.retries then
     -- Attempts only go forward: a late report of an earlier attempt (or the
@@ -768,11 +794,18 @@ local function incr(key, field, n)
   end
 end
 for key, by_scope in pairs(scoped) do
-  local full = redis.call('HLEN', key) >= key_cap[key]
+  -- Fields added so far count as new (an upper bound), so the hash passes its
+  -- cap by one scope's fields at most.
+  local size, cap = redis.call('HLEN', key), key_cap[key]
   for scope, fields in pairs(by_scope) do
     local target = scope
-    if full and redis.call('HEXISTS', key, F_SEEN .. SCOPE .. scope) == 0 then target = OTHER end
+    if size >= cap and redis.call('HEXISTS', key, F_SEEN .. SCOPE .. scope) == 0 then
+      target = OTHER
+    end
     local suffix = SCOPE .. target
+    if target ~= OTHER then
+      for _ in pairs(fields) do size = size + 1 end
+    end
     for field, n in pairs(fields) do
       if field == F_RTSUM or field == F_QWSUM then
         redis.call('HINCRBYFLOAT', key, field .. suffix, n)
@@ -784,8 +817,115 @@ for key, by_scope in pairs(scoped) do
   redis.call('EXPIRE', key, key_ttl[key])
 end
 for key, fields in pairs(stats) do
-  for field, n in pairs(fields) do incr(key, field, n) end
+  -- Global hashes hold Celery's states, the buckets and the sums; custom states
+  -- (PROGRESS ...) join them while they have fewer than cap.g fields, so a
+  -- producer inventing states cannot grow them either.
+  local full = nil
+  for field, n in pairs(fields) do
+    local state = sub(field, 1, #F_STATE) == F_STATE and sub(field, #F_STATE + 1)
+    if state and not ranks[state] then
+      if full == nil then full = redis.call('HLEN', key) >= CAP.g end
+      if not full or redis.call('HEXISTS', key, field) == 1 then incr(key, field, n) end
+    else
+      incr(key, field, n)
+    end
+  end
   redis.call('EXPIRE', key, key_ttl[key])
+end
+
+-- /metrics totals: monotonic, never expiring, labelled as celery-exporter does
+-- (name, hostname without its "worker@" part, queue_name; exception on
+-- failures). Each label kind admits mcap[kind] values (a set each), then
+-- __other__; the hash admits mcap.series fields, then new series count with
+-- every label __other__ (a histogram's series move as one: its sum decides).
+do
+  local MT, MCAP = cfg.mt, cfg.mcap
+  local SEP, K_TOTALS, P_LABELS = MT.sep, KEYS[18], KEYS[19]
+  local admitted = {name = {}, hostname = {}, queue = {}, exception = {}}
+  local function label(kind, value)
+    local cache = admitted[kind]
+    local v = cache[value]
+    if v then return v end
+    v = value
+    if find(v, SEP, 1, true) then v = string.gsub(v, SEP, '?') end
+    if v ~= '' then
+      local key = P_LABELS .. kind
+      if redis.call('SISMEMBER', key, v) == 0 then
+        if redis.call('SCARD', key) < MCAP[kind] then redis.call('SADD', key, v) else v = OTHER end
+      end
+    end
+    cache[value] = v
+    return v
+  end
+  local hostnames = {}
+  local function hostname(node)
+    local h = hostnames[node]
+    if h then return h end
+    local at = find(node, '@', 1, true)
+    h = label('hostname', at and sub(node, at + 1) or node)
+    hostnames[node] = h
+    return h
+  end
+  local series = {}  -- base -> {ints = {suffix -> n}, floats = {suffix -> x}, fold = base}
+  local order_s = {}
+  local function series_of(base, fold)
+    local s = series[base]
+    if not s then
+      s = {ints = {}, floats = {}, fold = fold}
+      series[base] = s
+      order_s[#order_s + 1] = base
+    end
+    return s
+  end
+  local OTHERS = SEP .. OTHER .. SEP .. OTHER .. SEP .. OTHER
+  local counters = MT.counters
+  for _, r in ipairs(nrows) do
+    local labels = SEP .. label('name', r.name) .. SEP .. hostname(r.host) .. SEP
+                   .. label('queue', r.queue)
+    for state, n in pairs(r.st) do
+      local kind = counters[state]
+      if kind and state ~= 'FAILURE' then
+        local s = series_of(kind .. labels, kind .. OTHERS)
+        s.ints[''] = (s.ints[''] or 0) + n
+      end
+    end
+    for e, n in pairs(r.exc) do
+      local kind = counters.FAILURE
+      local s = series_of(kind .. labels .. SEP .. label('exception', e),
+                          kind .. OTHERS .. SEP .. OTHER)
+      s.ints[''] = (s.ints[''] or 0) + n
+    end
+    if r.srtn > 0 then
+      local s = series_of(MT.runtime .. labels, MT.runtime .. OTHERS)
+      for b, n in pairs(r.srt) do s.ints[SEP .. b] = (s.ints[SEP .. b] or 0) + n end
+      s.floats[SEP .. MT.sum] = (s.floats[SEP .. MT.sum] or 0) + r.srtsum
+    end
+    if r.qwn > 0 then
+      local s = series_of(MT.wait .. labels, MT.wait .. OTHERS)
+      for b, n in pairs(r.qw) do s.ints[SEP .. b] = (s.ints[SEP .. b] or 0) + n end
+      s.floats[SEP .. MT.sum] = (s.floats[SEP .. MT.sum] or 0) + r.qwsum
+    end
+  end
+  if #order_s > 0 then
+    local size = redis.call('HLEN', K_TOTALS)  -- fields added count as new: an upper bound
+    for _, base in ipairs(order_s) do
+      local s = series[base]
+      local target = base
+      if size >= MCAP.series then
+        -- a counter's anchor is its field, a histogram's its sum
+        local anchor = next(s.floats) and (base .. SEP .. MT.sum) or base
+        if redis.call('HEXISTS', K_TOTALS, anchor) == 0 then target = s.fold end
+      end
+      if target == base then
+        for _ in pairs(s.ints) do size = size + 1 end
+        for _ in pairs(s.floats) do size = size + 1 end
+      end
+      for suffix, n in pairs(s.ints) do redis.call('HINCRBY', K_TOTALS, target .. suffix, n) end
+      for suffix, x in pairs(s.floats) do
+        redis.call('HINCRBYFLOAT', K_TOTALS, target .. suffix, x)
+      end
+    end
+  end
 end
 
 for host, incr in pairs(worker_incr) do

@@ -405,7 +405,18 @@ def task_received(request: Any = None, **kwargs: Any) -> None:
         parent_id=request.parent_id,
         group_id=info.get("group"),
         worker=request.hostname,
+        queue=_routing_key(request),
     )
+
+
+def _routing_key(request: Any) -> str | None:
+    """The routing key a task's message came by. The worker's records name it as
+    the queue, and its records name the task, so that they count under the right
+    name and queue whatever order they reach the store in (the pool process's
+    STARTED/SUCCESS often before the parent's RECEIVED and the producer's
+    PENDING); the publish's report names the real queue, and the store lets it win."""
+    info = getattr(request, "delivery_info", None)
+    return info.get("routing_key") if isinstance(info, dict) else None
 
 
 @never_raise
@@ -414,6 +425,8 @@ def task_revoked(request: Any = None, terminated=None, signum=None, expired=None
         request.id,
         states.REVOKED,
         request.hostname,
+        name=getattr(request, "name", None),
+        queue=_routing_key(request),
         terminated=bool(terminated),
         signum=int(signum) if signum is not None else None,
         expired=bool(expired),
@@ -458,6 +471,8 @@ def task_prerun(task_id: str | None = None, task: Any = None, **kwargs: Any) -> 
         task_id,
         states.STARTED,
         request.hostname,
+        name=task.name,
+        queue=_routing_key(request),
         pid=_pid,
         retries=request.retries,
         worker=request.hostname,
@@ -501,15 +516,32 @@ def task_failure(
     **kwargs: Any,
 ) -> None:
     # Also fired in the parent for a hard time limit (the child is gone).
-    hostname = getattr(getattr(sender, "request", None), "hostname", None)
-    _record_failure(task_id, hostname or _rec().worker_hostname, exception, einfo)
+    request = getattr(sender, "request", None)
+    hostname = getattr(request, "hostname", None)
+    _record_failure(
+        task_id,
+        hostname or _rec().worker_hostname,
+        exception,
+        einfo,
+        getattr(sender, "name", None),
+        _routing_key(request),
+    )
 
 
-def _record_failure(task_id: str | None, hostname: str | None, exception: Any, einfo: Any) -> None:
+def _record_failure(
+    task_id: str | None,
+    hostname: str | None,
+    exception: Any,
+    einfo: Any,
+    name: str | None = None,
+    queue: str | None = None,
+) -> None:
     _rec().task(
         task_id,
         states.FAILURE,
         hostname,
+        name=name,
+        queue=queue,
         exception=_repr(exception),
         traceback=getattr(einfo, "traceback", None),
         runtime=_rec().runtime(task_id),
@@ -523,6 +555,8 @@ def task_retry(request: Any = None, reason: Any = None, einfo: Any = None, **kwa
         request.id,
         states.RETRY,
         request.hostname,
+        name=getattr(kwargs.get("sender"), "name", None),
+        queue=_routing_key(request),
         reason=_repr(reason),
         exception=_repr(getattr(reason, "exc", None) or reason),
         traceback=getattr(einfo, "traceback", None),
@@ -551,9 +585,17 @@ def task_postrun(
     else:
         _rec().forget(task_id)
         return
-    hostname = task.request.hostname
+    request = task.request
+    hostname = request.hostname
     _rec().task(
-        task_id, state, hostname, runtime=_rec().runtime(task_id), worker=hostname, **detail
+        task_id,
+        state,
+        hostname,
+        name=task.name,
+        queue=_routing_key(request),
+        runtime=_rec().runtime(task_id),
+        worker=hostname,
+        **detail,
     )
 
 

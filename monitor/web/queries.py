@@ -53,7 +53,17 @@ from typing import Any
 
 from .. import lost
 from ..store import MAX_KEY_PART, MAX_MEMBERS, Store
-from ..vocabulary import FILTER_FIELDS, LIST_FIELDS, SEARCH_FIELDS, SORT_FIELDS, state_word
+from ..vocabulary import (
+    FILTER_FIELDS,
+    LIST_FIELDS,
+    SEARCH_FIELDS,
+    SORT_FIELDS,
+    STAT_RUNTIME,
+    STAT_RUNTIME_SUM,
+    STAT_SCOPE,
+    STAT_STATE,
+    state_word,
+)
 from .visibility import visible_task
 
 logger = logging.getLogger(__name__)
@@ -1060,13 +1070,16 @@ def _minute_windows(
         n = min(STATS_WINDOW, last - first + 1)
         window = store.minute_stats(n, last * 60.0)
         for entry in reversed(window):
-            fields += len(entry["counters"])
+            fields += len(entry["counters"]) + len(entry["names"])
             yield entry
         last -= n
         pause()
         if last >= first and (fields >= STATS_FIELDS_BUDGET or budget.time_over()):
             budget.cut = True
             return
+
+
+_FAILURE_FIELD = STAT_STATE + "FAILURE"
 
 
 def _count(value: Any) -> float:
@@ -1089,17 +1102,17 @@ def stats(store: Store, minutes: int = 60, now: float | None = None) -> dict[str
     for entry in _minute_windows(store, minutes, now, budget):
         row: dict[str, Any] = {"minute": entry["minute"]}
         for field, value in entry["counters"].items():
-            if field.startswith("state:"):
-                row[state_word(field[6:])] = int(_count(value))
-            elif field.startswith("rtsum:"):
-                name = field[6:]
-                runtime_sum[name] = runtime_sum.get(name, 0.0) + _count(value)
-            elif field.startswith("rtcnt:"):
-                name = field[6:]
-                runtime_count[name] = runtime_count.get(name, 0) + int(_count(value))
-            elif field.startswith("name:") and field.endswith(":FAILURE"):
-                name = field[5:-8]
+            if field.startswith(STAT_STATE):
+                row[state_word(field[len(STAT_STATE) :])] = int(_count(value))
+        # per-name fields: <field>|<name> (monitor/vocabulary.py)
+        for field, value in entry.get("names", {}).items():
+            base, _, name = field.partition(STAT_SCOPE)
+            if base == _FAILURE_FIELD:
                 failures[name] = failures.get(name, 0) + int(_count(value))
+            elif base == STAT_RUNTIME_SUM:
+                runtime_sum[name] = runtime_sum.get(name, 0.0) + _count(value)
+            elif base.startswith(STAT_RUNTIME):
+                runtime_count[name] = runtime_count.get(name, 0) + int(_count(value))
         for key in ("received", "started", "succeeded", "failed", "retried"):
             row.setdefault(key, 0)
         per_minute.append(row)
