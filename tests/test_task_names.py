@@ -13,6 +13,16 @@ from monitor.web import task_names
 from .helpers import api_task as task
 
 NOW = time.time()
+
+
+@pytest.fixture(autouse=True)
+def _now():
+    """NOW is each test's own clock: the suite may reach this module minutes after import,
+    and the history windows are counted from the real time."""
+    global NOW
+    NOW = time.time()
+
+
 HOSTILE = "<img src=x onerror=alert(1)>"
 
 
