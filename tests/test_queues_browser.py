@@ -1,11 +1,14 @@
 """Queues end to end: a real ``monitor serve`` (its elected sampler), a real
 prefork worker consuming one queue of a private Redis broker, a load waiting in
-another queue nobody consumes (priority messages included), the API and the
-Queues page in Chromium (screenshot in docs/screenshots/queues.png)."""
+another queue nobody consumes (priority messages included), a queue whose name is
+markup, the API and the Queues page in Chromium: its history charts (charts.js,
+uPlot) hold the API's samples for each window and follow new ones live
+(screenshot in docs/screenshots/queues.png)."""
 
 from __future__ import annotations
 
 import uuid
+from urllib.parse import quote
 
 import pytest
 import redis
@@ -27,12 +30,12 @@ from .helpers import (
 from .test_browser import CSP_PROBE
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
-#: Some bar of the charts has a height (a sample is drawn).
-BARS = (
-    "() => [...document.querySelectorAll('svg.chart rect')]"
-    ".some(r => +r.getAttribute('height') > 0)"
-)
 SHOT = ROOT / "docs" / "screenshots" / "queues.png"
+#: A queue name is whatever a producer routed to: markup must show as text.
+HOSTILE = "<img src=x onerror=alert(1)>"
+#: Steps a history window spans (its seconds over its step): the charts' x values.
+SLOTS = {"15m": 15, "1h": 60, "24h": 24, "7d": 168}
+CHARTS = ("depth", "oldest_age")
 
 
 @pytest.fixture(scope="module")
@@ -55,6 +58,7 @@ def cluster():
             for i in range(12):
                 app.send_task("tests.workerapp.add", (i, i), queue=idle, priority=i % 10)
             app.send_task("tests.workerapp.add", (1, 2), queue=busy)
+            app.send_task("tests.workerapp.add", (3, 4), queue=HOSTILE)
         finally:
             monitor.signals.disconnect()
         yield {"serve": serve, "busy": busy, "idle": idle, "broker": broker, "prefix": prefix}
@@ -106,12 +110,65 @@ def test_sampler_in_serve_sees_backlog_consumers_and_age(cluster):
     assert wait["count"] == 1 and wait["p50"] is not None and wait["p50"] >= 0
 
 
+def _chart_state(page):
+    """Per chart: (points, values drawn, sum of the values), as the page holds them."""
+    return {
+        chart: (
+            int(page.get_attribute(f'[data-chart="{chart}"].chart-box', "data-points")),
+            int(page.get_attribute(f'[data-chart="{chart}"].chart-box', "data-values")),
+            float(page.get_attribute(f'[data-chart="{chart}"].chart-box', "data-sums")),
+        )
+        for chart in CHARTS
+    }
+
+
+def charts_drawn(page, serve, queue, window):
+    """Wait until both history charts of ``queue`` hold the API's ``window``: one x per
+    step of the window, a value for each of the API's points, the same sums (read
+    again until they agree: the sampler adds a minute meanwhile). Returns the points."""
+    page.wait_for_selector(
+        f'[data-part="history"][data-window="{window}"][data-loaded="true"]', timeout=20_000
+    )
+    title = page.locator('[data-part="history"] h2')
+    assert title.text_content() == "History of " + queue
+    assert title.locator(".queue-name").inner_text() == queue  # as it is spelt
+    for chart in CHARTS:
+        assert page.locator(f'[data-chart="{chart}"].chart-box canvas').count() == 1
+    seen = {}
+
+    def agree():
+        response = serve.get(f"/api/v1/queues/{quote(queue, safe='')}/history?window={window}")
+        assert response.ok, response.text
+        body = response.json()
+        assert (body["to"] - body["from"]) // body["step"] == SLOTS[window], body
+        points = body["points"]
+        want = {
+            "depth": sum(p["depth"] or 0 for p in points),
+            "oldest_age": sum(p["oldest_age"] or 0 for p in points),
+        }
+        drawn = _chart_state(page)
+        seen.update(api=len(points), want=want, drawn=drawn)
+        ok = all(
+            drawn[c][0] == SLOTS[window]
+            and drawn[c][1] == len(points)
+            and abs(drawn[c][2] - want[c]) < 0.01
+            for c in CHARTS
+        )
+        return points if ok and points else None
+
+    try:
+        return wait_for(agree, 20, 0.2, what=f"the charts of {window} agree with the API")
+    except AssertionError as exc:
+        raise AssertionError(f"{exc}; last seen {seen}") from None
+
+
 def test_queues_page_in_chromium(cluster):
     require_chromium()
     from playwright.sync_api import sync_playwright
 
     serve, idle = cluster["serve"], cluster["idle"]
     wait_for(lambda: _rows(serve).get(idle, {}).get("depth") == 12, 30, 0.2, what="a sample")
+    wait_for(lambda: _rows(serve).get(HOSTILE, {}).get("depth") == 1, 30, 0.2, what="its queue")
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
         try:
@@ -120,29 +177,50 @@ def test_queues_page_in_chromium(cluster):
             page = context.new_page()
             errors: list[str] = []
             page.on("pageerror", lambda e: errors.append(str(e)))
+            page.on("console", lambda m: m.type == "error" and errors.append(m.text))
+            page.on("dialog", lambda d: (errors.append("dialog " + d.message), d.dismiss()))
             page.goto(serve.url + "/queues")
             row = page.locator(f'tr[data-queue="{idle}"]')
             row.wait_for(timeout=10_000)
             assert row.locator("td.depth").inner_text() == "12"
             assert row.locator("td.consumers").inner_text() == "0"
-            page.wait_for_function(BARS, timeout=10_000)
-            assert "History of " + idle in page.locator("section h2").all_text_contents()
-            page.click('button[data-window="24h"]')
-            page.wait_for_function("() => location.search.includes('window=24h')")
-            # 24 hourly slots per chart: the window's time axis, not just the samples
-            page.wait_for_function(
-                "() => document.querySelector('svg.chart').querySelectorAll('rect').length === 24",
-                timeout=10_000,
-            )
-            page.wait_for_function(BARS, timeout=10_000)
+            # the deepest queue is charted first, over the default window
+            points = charts_drawn(page, serve, idle, "1h")
+            assert points[-1]["depth"] == 12
+            for window in ("24h", "7d", "15m"):
+                page.click(f'a[data-window="{window}"]')
+                page.wait_for_function(f"() => location.search.includes('window={window}')")
+                charts_drawn(page, serve, idle, window)
             page.locator("text=tests.workerapp.add").first.wait_for(timeout=10_000)
-            SHOT.parent.mkdir(parents=True, exist_ok=True)
-            page.screenshot(path=str(SHOT), full_page=True)
-            # live: three more messages reach the row without a reload (the room's push)
+            # live: three more messages reach the row and the chart without a reload
             producer = Celery("producer", broker=cluster["broker"].url)
             for _ in range(3):
                 producer.send_task("tests.workerapp.add", (0, 0), queue=idle)
             row.locator("td.depth", has_text="15").wait_for(timeout=15_000)
+            wait_for(
+                lambda: charts_drawn(page, serve, idle, "15m")[-1]["depth"] == 15,
+                30,
+                0.2,
+                what="the new depth in the chart",
+            )
+            page.click('a[data-window="24h"]')
+            charts_drawn(page, serve, idle, "24h")
+            SHOT.parent.mkdir(parents=True, exist_ok=True)
+            page.screenshot(path=str(SHOT), full_page=True)
+            page.emulate_media(color_scheme="dark")  # the charts redraw in its colours
+            artifacts = ROOT / "test-artifacts"
+            artifacts.mkdir(exist_ok=True)
+            page.screenshot(path=str(artifacts / "queues-dark.png"), full_page=True)
+            # a queue named with markup: its row, title and charts show it as text
+            link = page.locator("td.name a", has_text=HOSTILE)
+            assert link.inner_text() == HOSTILE
+            link.click()
+            page.wait_for_function(
+                f"() => new URLSearchParams(location.search).get('queue') === {HOSTILE!r}"
+            )
+            charts_drawn(page, serve, HOSTILE, "24h")
+            page.screenshot(path=str(artifacts / "queues-hostile.png"), full_page=True)
+            assert page.locator("main img").count() == 0
             assert page.evaluate("performance.getEntriesByType('navigation').length") == 1
             assert page.evaluate("window.__csp") == []
             assert errors == []

@@ -110,7 +110,7 @@ def audit() -> str:
 @bp.get("/queues")
 def queues() -> str:
     """Every known queue: depth, consumers, oldest message, history, queue wait."""
-    return _page("queues", "Queues", scripts=("pages/queues.js",))
+    return _page("queues", "Queues", scripts=(*CHART_SCRIPTS, "pages/queues.js"))
 
 
 @bp.get("/alerts")

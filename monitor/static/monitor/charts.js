@@ -146,6 +146,9 @@
       // What the browser tests and the curious read: how many points this chart holds.
       el.setAttribute("data-points", String(rows[0].length));
       el.setAttribute("data-series", String(rows.length - 1));
+      // and how many of them have a value (a gauge's unsampled steps are gaps)
+      el.setAttribute("data-values", rows.slice(1).map(function (ys) {
+        return String(ys.filter(function (y) { return y !== null; }).length); }).join(","));
       el.setAttribute("data-sums", rows.slice(1).map(function (ys) {
         return String(Math.round(ys.reduce(function (a, y) { return a + (y || 0); }, 0) * 1000) /
           1000); }).join(","));

@@ -2,12 +2,13 @@
 // message from the sampler's last sample, a history chart of the selected queue,
 // queue wait per task name, and a purge button for operators. Live through the
 // "queues" room (the sampler pushes each sample); the first load reads the API.
+// The history charts are charts.js's (window.MonitorCharts, the vendored uPlot), like
+// the overview's: a time axis over the window, legends, the window selector, dark mode.
 (window.MonitorPages = window.MonitorPages || {}).queues = function (M) {
-  var h = M.h, WINDOWS = ["15m", "1h", "24h", "7d"];
+  var h = M.h, Charts = window.MonitorCharts;
   var params = new URLSearchParams(location.search);
-  var state = {data: null, selected: params.get("queue"), window: params.get("window") || "1h",
+  var state = {data: null, selected: params.get("queue"), window: Charts.windowFromUrl(),
                history: null, historyError: null, error: null};
-  if (WINDOWS.indexOf(state.window) < 0) state.window = "1h";
 
   function fmtAge(seconds) {
     var s = M.num(seconds);
@@ -16,20 +17,27 @@
   // Ticks fit the chart's narrow margin: "45s", "12m", "3.5h".
   function shortAge(v) {
     var s = M.num(v) || 0;
+    if (s === 0) return "0";
     if (s < 60) return (s < 10 ? s.toFixed(1) : Math.round(s)) + "s";
     if (s < 3600) return Math.round(s / 60) + "m";
     return (s < 36000 ? (s / 3600).toFixed(1) : Math.round(s / 3600)) + "h";
   }
-  // One bar per step of the window (a step without a sample is an empty one), so the
-  // time axis is the window's, however few samples there are yet.
-  function windowSlots(hist, pts) {
+  // One x per step of the window, null where no sample was stored (a gap in the line,
+  // not a zero), so the time axis is the window's however few samples there are yet.
+  function windowSlots(hist) {
+    var pts = Array.isArray(hist.points) ? hist.points : [];
     var step = M.num(hist.step), from = M.num(hist.from), to = M.num(hist.to);
-    if (!step || from === null || to === null || (to - from) / step > 10000) return pts;
-    var byT = {};
-    pts.forEach(function (p) { byT[p.t] = p; });
-    var out = [];
-    for (var t = from; t < to; t += step) out.push(byT[t] || {t: t, depth: 0, oldest_age: 0});
-    return out;
+    var byT = {}, ts = [];
+    pts.forEach(function (p) { if (p && M.num(p.t) !== null) byT[p.t] = p; });
+    if (!step || from === null || to === null || to <= from || (to - from) / step > 10000) {
+      ts = Object.keys(byT).map(Number).sort(function (a, b) { return a - b; });
+    } else {
+      for (var t = from; t < to; t += step) ts.push(t);
+    }
+    function values(key) {
+      return ts.map(function (t) { return byT[t] ? M.num(byT[t][key]) : null; });
+    }
+    return {t: ts, depth: values("depth"), age: values("oldest_age")};
   }
   function sourceText(row) {
     var src = (row && row.sources) || {};
@@ -62,7 +70,10 @@
     state.selected = name;
     params.set("queue", name);
     history.replaceState(null, "", location.pathname + "?" + params.toString());
+    state.history = null;
+    newSelector();  // its links carry the queue now selected
     loadHistory();
+    M.schedule(render);
   }
   function queueRow(row) {
     var name = String(row.name);
@@ -82,33 +93,72 @@
     if (M.num(row.consumers) === 0 && M.num(row.depth) > 0) tr.classList.add("no-consumer");
     return tr;
   }
-  function historyCard() {
-    if (!state.selected) return null;
-    var buttons = h("div", {class: "windows"}, WINDOWS.map(function (w) {
-      return M.button(w, function () {
-        state.window = w; params.set("window", w);
-        history.replaceState(null, "", location.pathname + "?" + params.toString());
-        load();  // the queue wait table covers the window too
-        loadHistory();
-      }, w === state.window ? "btn-primary" : null, {"data-window": w});
-    }));
-    var body;
-    if (state.historyError) body = M.errorBox(state.historyError);
-    else if (!state.history) body = h("p", {class: "muted", text: "Loading…"});
-    else {
-      var pts = state.history.points || [];
-      var slots = windowSlots(state.history, pts);
-      var depth = slots.map(function (p) { return {minute: p.t, value: p.depth}; });
-      var age = slots.map(function (p) { return {minute: p.t, value: p.oldest_age}; });
-      body = pts.length ? h("div", {class: "two"},
-        h("div", null, h("h3", {text: "Depth"}),
-          M.barChart(depth, {cls: "bar-ok", label: "depth of " + state.selected})),
-        h("div", null, h("h3", {text: "Oldest message's age"}),
-          M.barChart(age, {cls: "bar-warn", label: "oldest age of " + state.selected,
-            format: shortAge}))) :
-        h("p", {class: "muted", text: "No sample of this queue in this window yet."});
+  // The history block is made once and put back on every render (the same nodes: the
+  // charts stay, and are only given new data).
+  var hb = {title: h("h2", {class: "history-title"}), note: h("p", {class: "muted chart-note"}),
+    head: h("div", {class: "history-head"}), selector: null, charts: {},
+    depth: h("div", {class: "chart", "data-chart": "depth"}),
+    age: h("div", {class: "chart", "data-chart": "oldest_age"})};
+  hb.el = h("section", {class: "card history-section", "data-part": "history"}, hb.title,
+    h("div", {class: "history-panel"}, hb.head, h("div", {class: "chart-grid"},
+      h("div", {class: "chart-cell"}, h("h3", {text: "Depth (messages waiting)"}), hb.depth),
+      h("div", {class: "chart-cell"}, h("h3", {text: "Oldest message's age"}), hb.age))));
+  function newSelector() {
+    var next = Charts.windowSelector(state.window, function (w) {
+      state.window = w; params.set("window", w); state.history = null;
+      history.replaceState(null, "", location.pathname + "?" + params.toString());
+      M.schedule(render);
+      load();  // the queue wait table covers the window too
+      loadHistory();
+    });
+    if (hb.selector) hb.head.replaceChild(next, hb.selector);
+    else hb.head.insertBefore(next, hb.head.firstChild);
+    hb.selector = next;
+  }
+  newSelector();
+  hb.head.appendChild(hb.note);
+  function per(step) {
+    return step === 60 ? "per minute" : step === 3600 ? "per hour, each hour's largest" : "";
+  }
+  function drawHistory() {
+    M.append(M.clear(hb.title), ["History of ", h("span", {class: "mono queue-name",
+      text: state.selected})]);
+    hb.el.setAttribute("data-queue", state.selected);
+    hb.el.setAttribute("data-window", state.window);
+    M.clear(hb.note);
+    if (state.historyError) {
+      hb.el.setAttribute("data-loaded", "error");
+      M.append(hb.note, M.errorBox(state.historyError));
+      return;
     }
-    return M.section("History of " + state.selected, buttons, body);
+    if (!state.history) {
+      hb.el.setAttribute("data-loaded", "false");
+      hb.note.textContent = "Loading…";
+      return;
+    }
+    var r = state.history, slots = windowSlots(r);
+    var n = Array.isArray(r.points) ? r.points.length : 0;
+    var unit = M.num(r.step) === 3600 ? "hour" : "minute";
+    hb.note.textContent = n ? M.fmtNum(n) + " sampled " + unit + (n === 1 ? "" : "s") +
+      " in this window (" + per(M.num(r.step)) + ")" :
+      "No sample of this queue in this window yet.";
+    var count = function (v) { return M.fmtNum(Math.round(v)); };
+    var defs = [
+      {key: "depth", box: hb.depth, data: {t: slots.t, series: [{label: "depth",
+        color: "accent", values: slots.depth}]},
+       opts: {yLabel: "messages", format: count, whole: true}},
+      {key: "age", box: hb.age, data: {t: slots.t, series: [{label: "oldest message",
+        color: "warn", values: slots.age}]},
+       opts: {yLabel: "age", format: function (v) { return M.fmtDuration(v); },
+              axisFormat: shortAge}}];
+    defs.forEach(function (d) {
+      if (hb.charts[d.key]) hb.charts[d.key].update(d.data, d.opts);
+      else hb.charts[d.key] = Charts.timeseries(d.box, d.data, d.opts);
+    });
+    hb.el.setAttribute("data-loaded", "true");
+  }
+  function historyCard() {
+    return state.selected ? hb.el : null;
   }
   function waitCard(rows) {
     if (rows === null || rows === undefined) {
@@ -149,6 +199,8 @@
       h("p", {class: "muted", text: "No queue known yet."})));
     M.append(main, historyCard());
     M.append(main, waitCard(d.queue_wait));
+    // Drawn once the block is in the page: a chart takes its holder's width.
+    if (state.selected && hb.drawn !== state.history) { hb.drawn = state.history; drawHistory(); }
   }
   function load() {
     return M.api("/queues", {window: state.window}).then(function (d) {
@@ -162,14 +214,29 @@
       M.schedule(render);
     }).catch(function (e) { state.error = e; M.schedule(render); });
   }
+  // One read at a time: a push that comes while one is on its way asks for one more
+  // after it (the sampler may push faster than a 7 d window is read).
+  var reading = false, again = false;
   function loadHistory() {
     if (!state.selected) return;
-    var name = state.selected;
-    M.api("/queues/" + M.enc(name) + "/history", {window: state.window}).then(function (r) {
-      if (name !== state.selected) return;
-      state.history = r; state.historyError = null; M.schedule(render);
-    }).catch(function (e) { state.historyError = e; M.schedule(render); });
-    M.schedule(render);
+    if (reading) { again = true; return; }
+    reading = true; again = false;
+    var name = state.selected, w = state.window;
+    function done() {
+      reading = false;
+      if (again || name !== state.selected || w !== state.window) loadHistory();
+    }
+    M.api("/queues/" + M.enc(name) + "/history", {window: w}).then(function (r) {
+      if (name === state.selected && w === state.window) {
+        state.history = r; state.historyError = null; hb.drawn = null; M.schedule(render);
+      }
+      done();
+    }).catch(function (e) {
+      if (name === state.selected && w === state.window) {
+        state.historyError = e; hb.drawn = null; M.schedule(render);
+      }
+      done();
+    });
   }
   M.handlers.refresh = function () { load(); loadHistory(); };
   // Each sample the sampler stores is pushed to the room: the table and the chart follow.
