@@ -180,16 +180,6 @@ def _secret_key(text: str) -> Secret:
 # -- alert settings (read by monitor/alerts.py) ------------------------------
 
 
-def _finite_range(low: float, high: float) -> Callable[[str], float]:
-    def parse(text: str) -> float:
-        value = float(text)
-        if not low <= value <= high:  # also refuses NaN
-            raise ValueError(f"must be a number from {low:g} to {high:g}, got {text!r}")
-        return value
-
-    return parse
-
-
 def _alert_rules_file(text: str) -> str:
     """The rules file's path, once every rule in it is valid (monitor/alerts.py owns
     the rules): a typo fails at start-up naming the rule and the field."""
@@ -414,27 +404,27 @@ class Settings:
         "alert rules file (.toml or .json), validated at start-up; operators add more in the UI",
     )
     alert_interval: float = _setting(
-        5.0, _finite_range(0.1, 3600.0), "seconds between two evaluations of the alert rules"
+        5.0, _float_range(0.1, 3600.0), "seconds between two evaluations of the alert rules"
     )
     alert_timeout: float = _setting(
-        5.0, _finite_range(0.1, 60.0), "seconds one webhook delivery may take, all included"
+        5.0, _float_range(0.1, 60.0), "seconds one webhook delivery may take, all included"
     )
     alert_max_attempts: int = _setting(
         5, _int_range(1, 50), "delivery attempts of one alert before it is logged as failed"
     )
     alert_backoff: float = _setting(
         10.0,
-        _finite_range(0.01, 3600.0),
+        _float_range(0.01, 3600.0),
         "seconds before the 2nd delivery attempt; doubled for each next one (capped at 1 h)",
     )
     alert_budget: float = _setting(
         10.0,
-        _finite_range(0.1, 300.0),
+        _float_range(0.1, 300.0),
         "seconds of webhook deliveries per evaluation; the rest wait for the next one",
     )
     alert_dedup: float = _setting(
         600.0,
-        _finite_range(0.0, 30 * 24 * 3600.0),
+        _float_range(0.0, 30 * 24 * 3600.0),
         "default dedup window (s) of a rule: the same rule and subject alert once in it",
     )
     alert_log_max: int = _setting(
