@@ -141,6 +141,18 @@ def put(store: Store, settings: Settings, rule: dict[str, Any]) -> alerts.Rule:
     return alerts.put_rule(store, settings, rule, create=True)
 
 
+def silent_workers(store: Store, settings: Settings, hosts: Any, rule: str, webhook: str) -> None:
+    """Workers ``hosts`` silent for ten minutes, and a worker_offline rule ``rule``
+    (after 1 s, every worker) posting to ``webhook``."""
+    now = time.time()
+    store.apply([WorkerEvent(h, "heartbeat", now - 600, "event", {"freq": 2.0}) for h in hosts])
+    put(
+        store,
+        settings,
+        {"name": rule, "kind": "worker_offline", "seconds": 1, "webhook": webhook},
+    )
+
+
 def run_until(engine: alerts.Engine, condition: Any, what: str, timeout: float = 15.0) -> Any:
     def step() -> Any:
         engine.run()
@@ -433,18 +445,7 @@ def test_a_delivery_that_never_succeeds_is_logged_failed_and_the_log_is_bounded(
 ):
     settings = fast_settings(settings.prefix, alert_log_max=3, alert_max_attempts=2)
     store.settings = settings
-    now = time.time()
-    store.apply(
-        [
-            WorkerEvent(f"celery@w{i}", "heartbeat", now - 600, "event", {"freq": 2.0})
-            for i in range(5)
-        ]
-    )
-    put(
-        store,
-        settings,
-        {"name": "down", "kind": "worker_offline", "seconds": 1, "webhook": receiver.url},
-    )
+    silent_workers(store, settings, (f"celery@w{i}" for i in range(5)), "down", receiver.url)
     receiver.plan = [503] * 10
     engine = alerts.Engine(store, settings)
     # five subjects, two attempts each, then failed; the log keeps the last 3
@@ -457,13 +458,7 @@ def test_a_delivery_that_never_succeeds_is_logged_failed_and_the_log_is_bounded(
 
 def test_a_pending_delivery_survives_a_restart(receiver, store, settings):
     settings = fast_settings(settings.prefix, alert_backoff=0.2)
-    now = time.time()
-    store.apply([WorkerEvent("celery@gone", "heartbeat", now - 600, "event", {"freq": 2.0})])
-    put(
-        store,
-        settings,
-        {"name": "gone", "kind": "worker_offline", "seconds": 1, "webhook": receiver.url},
-    )
+    silent_workers(store, settings, ["celery@gone"], "gone", receiver.url)
     receiver.plan = [500]
     first = alerts.Engine(store, settings)
     first.run()
@@ -998,18 +993,7 @@ def test_a_hanging_receiver_costs_one_timeout_per_evaluation(store, settings, re
     hangs, one run makes one attempt; the other alerts wait for the next run."""
     settings = fast_settings(settings.prefix, alert_budget=0.1, alert_timeout=0.5)
     store.settings = settings
-    now = time.time()
-    store.apply(
-        [
-            WorkerEvent(f"hang@w{i}", "heartbeat", now - 600, "event", {"freq": 2.0})
-            for i in range(3)
-        ]
-    )
-    put(
-        store,
-        settings,
-        {"name": "hang", "kind": "worker_offline", "seconds": 1, "webhook": receiver.url},
-    )
+    silent_workers(store, settings, (f"hang@w{i}" for i in range(3)), "hang", receiver.url)
     receiver.plan = ["hang"] * 3
     engine = alerts.Engine(store, settings)
     counts = engine.run()
