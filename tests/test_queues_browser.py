@@ -14,17 +14,18 @@ from celery import Celery
 import monitor.signals
 
 from .helpers import (
-    CHROMIUM,
-    CHROMIUM_ARGS,
+    CSP_PROBE,
     REDIS_URL,
-    ROOT,
+    SHOTS,
     RedisServer,
     ServeProcess,
     WorkerProcess,
+    chromium,
+    log_in,
+    open_page,
     require_chromium,
     wait_for,
 )
-from .test_browser import CSP_PROBE
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 #: Some bar of the charts has a height (a sample is drawn).
@@ -32,7 +33,7 @@ BARS = (
     "() => [...document.querySelectorAll('svg.chart rect')]"
     ".some(r => +r.getAttribute('height') > 0)"
 )
-SHOT = ROOT / "docs" / "screenshots" / "queues.png"
+SHOT = SHOTS / "queues.png"
 
 
 @pytest.fixture(scope="module")
@@ -108,46 +109,37 @@ def test_sampler_in_serve_sees_backlog_consumers_and_age(cluster):
 
 def test_queues_page_in_chromium(cluster):
     require_chromium()
-    from playwright.sync_api import sync_playwright
-
     serve, idle = cluster["serve"], cluster["idle"]
     wait_for(lambda: _rows(serve).get(idle, {}).get("depth") == 12, 30, 0.2, what="a sample")
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        try:
-            context = browser.new_context(viewport={"width": 1280, "height": 900})
-            context.add_init_script(CSP_PROBE)
-            page = context.new_page()
-            errors: list[str] = []
-            page.on("pageerror", lambda e: errors.append(str(e)))
-            page.goto(serve.url + "/queues")
-            row = page.locator(f'tr[data-queue="{idle}"]')
-            row.wait_for(timeout=10_000)
-            assert row.locator("td.depth").inner_text() == "12"
-            assert row.locator("td.consumers").inner_text() == "0"
-            page.wait_for_function(BARS, timeout=10_000)
-            assert "History of " + idle in page.locator("section h2").all_text_contents()
-            page.click('button[data-window="24h"]')
-            page.wait_for_function("() => location.search.includes('window=24h')")
-            # 24 hourly slots per chart: the window's time axis, not just the samples
-            page.wait_for_function(
-                "() => document.querySelector('svg.chart').querySelectorAll('rect').length === 24",
-                timeout=10_000,
-            )
-            page.wait_for_function(BARS, timeout=10_000)
-            page.locator("text=tests.workerapp.add").first.wait_for(timeout=10_000)
-            SHOT.parent.mkdir(parents=True, exist_ok=True)
-            page.screenshot(path=str(SHOT), full_page=True)
-            # live: three more messages reach the row without a reload (the room's push)
-            producer = Celery("producer", broker=cluster["broker"].url)
-            for _ in range(3):
-                producer.send_task("tests.workerapp.add", (0, 0), queue=idle)
-            row.locator("td.depth", has_text="15").wait_for(timeout=15_000)
-            assert page.evaluate("performance.getEntriesByType('navigation').length") == 1
-            assert page.evaluate("window.__csp") == []
-            assert errors == []
-        finally:
-            browser.close()
+    with chromium() as browser:
+        page = open_page(browser, 1280, 900, init_script=CSP_PROBE, console_errors=False)
+        errors = page.errors
+        page.goto(serve.url + "/queues")
+        row = page.locator(f'tr[data-queue="{idle}"]')
+        row.wait_for(timeout=10_000)
+        assert row.locator("td.depth").inner_text() == "12"
+        assert row.locator("td.consumers").inner_text() == "0"
+        page.wait_for_function(BARS, timeout=10_000)
+        assert "History of " + idle in page.locator("section h2").all_text_contents()
+        page.click('button[data-window="24h"]')
+        page.wait_for_function("() => location.search.includes('window=24h')")
+        # 24 hourly slots per chart: the window's time axis, not just the samples
+        page.wait_for_function(
+            "() => document.querySelector('svg.chart').querySelectorAll('rect').length === 24",
+            timeout=10_000,
+        )
+        page.wait_for_function(BARS, timeout=10_000)
+        page.locator("text=tests.workerapp.add").first.wait_for(timeout=10_000)
+        SHOT.parent.mkdir(parents=True, exist_ok=True)
+        page.screenshot(path=str(SHOT), full_page=True)
+        # live: three more messages reach the row without a reload (the room's push)
+        producer = Celery("producer", broker=cluster["broker"].url)
+        for _ in range(3):
+            producer.send_task("tests.workerapp.add", (0, 0), queue=idle)
+        row.locator("td.depth", has_text="15").wait_for(timeout=15_000)
+        assert page.evaluate("performance.getEntriesByType('navigation').length") == 1
+        assert page.evaluate("window.__csp") == []
+        assert errors == []
 
 
 OPERATOR = ("quinn", "quinn-operator-pw")
@@ -156,8 +148,6 @@ OPERATOR = ("quinn", "quinn-operator-pw")
 def test_operator_purges_a_queue_from_the_page(cluster):
     """Last in this module: once a user exists, anonymous API calls are refused."""
     require_chromium()
-    from playwright.sync_api import sync_playwright
-
     from monitor.auth import AuthStore
     from monitor.config import Settings
     from monitor.store import Store, redis_client
@@ -168,16 +158,11 @@ def test_operator_purges_a_queue_from_the_page(cluster):
     AuthStore(store.redis, store.keys, settings).add_user(*OPERATOR, role="operator")
     wait_for(lambda: serve.get("/api/v1/queues").status_code == 401, 30, 0.2, what="users on")
     independent = redis.Redis.from_url(cluster["broker"].url)
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        try:
-            page = browser.new_context(viewport={"width": 1280, "height": 900}).new_page()
-            errors: list[str] = []
-            page.on("pageerror", lambda e: errors.append(str(e)))
-            page.goto(serve.url + "/login?next=/queues")
-            page.fill("input[name=name]", OPERATOR[0])
-            page.fill("input[name=password]", OPERATOR[1])
-            page.click("form.login button[type=submit]")
+    try:
+        with chromium() as browser:
+            page = open_page(browser, 1280, 900, console_errors=False)
+            errors = page.errors
+            log_in(page, serve.url, OPERATOR, "/queues")
             page.locator(f'button[data-purge="{idle}"]').click()
             dialog = page.locator("dialog[open]")
             waiting = sum(independent.llen(k) for k in independent.scan_iter(idle + "*"))
@@ -187,6 +172,5 @@ def test_operator_purges_a_queue_from_the_page(cluster):
             dialog.locator("text=Purged 15 of 15 messages").wait_for(timeout=10_000)
             assert sum(independent.llen(k) for k in independent.scan_iter(idle + "*")) == 0
             assert errors == []
-        finally:
-            browser.close()
-            store.close()
+    finally:
+        store.close()
