@@ -1115,6 +1115,13 @@ Found = tuple[dict[str, tuple[str, dict[str, Any]]], set[str] | None]
 
 def _failure_rate(engine: Engine, rule: Rule, now: float, shared: dict[str, Any]) -> Found:
     window = rule.window_seconds or 300.0
+    kept = float(engine.settings.stats_ttl)
+    if (rule.per_name or rule.pattern != "*") and window > kept:
+        # Per-name minute counters live MONITOR_STATS_TTL seconds: say the window is cut.
+        engine.problems[rule.name] = (
+            f"window_seconds {window:g} is longer than MONITOR_STATS_TTL ({kept:g} s): "
+            f"the per-name counters cover only the last {kept:g} s"
+        )
     counters = engine.minute_counters(max(1, math.ceil(window / 60)), now)
     totals: dict[str, list[int]] = {}  # subject -> [failed, succeeded]
     aggregate = not rule.per_name

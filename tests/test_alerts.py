@@ -636,6 +636,21 @@ def test_failure_rate_per_task_name(store, settings, receiver):
     assert (got["proj.mail"]["failed"], got["proj.mail"]["finished"]) == (4, 4)
 
 
+def test_a_name_window_longer_than_the_per_name_counters_is_a_problem(store, settings, receiver):
+    """Per-name minute counters live MONITOR_STATS_TTL: a name rule's longer window
+    is cut, and the evaluator says so (its status' problems); the global one is not."""
+    settings = fast_settings(settings.prefix, stats_ttl=3600.0)
+    store.settings = settings
+    base = {"kind": "failure_rate", "webhook": receiver.url, "threshold_percent": 50}
+    put(store, settings, {**base, "name": "names", "pattern": "proj.*", "window_seconds": 7200})
+    put(store, settings, {**base, "name": "all", "window_seconds": 7200})
+    put(store, settings, {**base, "name": "short", "pattern": "proj.*", "window_seconds": 600})
+    alerts.Engine(store, settings).run()
+    problems = alerts.status(store)["problems"]
+    assert set(problems) == {"names"}
+    assert "longer than MONITOR_STATS_TTL (3600 s)" in problems["names"]
+
+
 def test_worker_offline_with_a_real_worker_stopped(fresh, receiver):
     cluster = fresh
     settings, store = cluster.settings, cluster.store
