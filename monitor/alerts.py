@@ -61,7 +61,7 @@ from urllib.parse import quote, urlsplit
 
 import redis
 
-from . import __version__
+from . import __version__, beat, queues
 from .jobs import Job, JobContext
 
 logger = logging.getLogger(__name__)
@@ -777,11 +777,7 @@ class Engine:
         for rule in enabled:
             if rule.kind == "task_failed":
                 continue
-            try:
-                found = _CONDITIONS[rule.kind](self, rule, now, shared)
-            except _Unavailable as exc:
-                self.problems[rule.name] = str(exc)
-                continue
+            found = _CONDITIONS[rule.kind](self, rule, now, shared)
             queued += self._transitions(rule, found, now)
         for rule in rules:
             if not rule.enabled and rule.kind != "task_failed":
@@ -1091,10 +1087,6 @@ class Engine:
         return [self._minutes.get(m, {}) for m in range(first, last + 1)]
 
 
-class _Unavailable(Exception):
-    """A rule's data source is missing (a module not installed, no Celery app)."""
-
-
 def task_alert(entry: Mapping[str, str], task: Mapping[str, Any]) -> tuple[str, dict[str, Any]]:
     name = entry.get("name") or task.get("name") or "?"
     worker = task.get("worker") or entry.get("worker") or ""
@@ -1123,6 +1115,13 @@ Found = tuple[dict[str, tuple[str, dict[str, Any]]], set[str] | None]
 
 def _failure_rate(engine: Engine, rule: Rule, now: float, shared: dict[str, Any]) -> Found:
     window = rule.window_seconds or 300.0
+    kept = float(engine.settings.stats_ttl)
+    if (rule.per_name or rule.pattern != "*") and window > kept:
+        # Per-name minute counters live MONITOR_STATS_TTL seconds: say the window is cut.
+        engine.problems[rule.name] = (
+            f"window_seconds {window:g} is longer than MONITOR_STATS_TTL ({kept:g} s): "
+            f"the per-name counters cover only the last {kept:g} s"
+        )
     counters = engine.minute_counters(max(1, math.ceil(window / 60)), now)
     totals: dict[str, list[int]] = {}  # subject -> [failed, succeeded]
     aggregate = not rule.per_name
@@ -1220,10 +1219,6 @@ def _worker_offline(engine: Engine, rule: Rule, now: float, shared: dict[str, An
 
 def _queue_depth(engine: Engine, rule: Rule, now: float, shared: dict[str, Any]) -> Found:
     if "queues" not in shared:
-        try:
-            from . import queues  # the queues helper's module (issue 10)
-        except ImportError:
-            raise _Unavailable("queue rules need monitor.queues (not installed)") from None
         shared["queues"] = queues.latest(engine.store)
     firing, known = {}, set()
     for name, sample in list(shared["queues"].items())[:10_000]:
@@ -1255,12 +1250,8 @@ def _queue_depth(engine: Engine, rule: Rule, now: float, shared: dict[str, Any])
 
 def _beat_missed(engine: Engine, rule: Rule, now: float, shared: dict[str, Any]) -> Found:
     if "periodic" not in shared:
-        try:
-            from . import beat  # the beat helper's module (issue 10)
-        except ImportError:
-            raise _Unavailable("beat rules need monitor.beat (not installed)") from None
         app = engine.celery_app
-        if app is None and hasattr(beat, "app_for"):
+        if app is None:
             app = beat.app_for(engine.store)  # the app the web tier was given
         shared["periodic"] = beat.periodic_tasks(engine.store, app, now=now)
     firing, known = {}, set()

@@ -40,8 +40,8 @@ def _parse_names(text: str) -> tuple[str, ...]:
 def _positive(kind: Callable[[str], Any]) -> Callable[[str], Any]:
     def parse(text: str) -> Any:
         value = kind(text)
-        if value <= 0:
-            raise ValueError(f"must be > 0, got {text!r}")
+        if not 0 < value < math.inf:  # also refuses NaN
+            raise ValueError(f"must be a finite number > 0, got {text!r}")
         return value
 
     return parse
@@ -50,8 +50,8 @@ def _positive(kind: Callable[[str], Any]) -> Callable[[str], Any]:
 def _non_negative(kind: Callable[[str], Any]) -> Callable[[str], Any]:
     def parse(text: str) -> Any:
         value = kind(text)
-        if value < 0:
-            raise ValueError(f"must be >= 0, got {text!r}")
+        if not 0 <= value < math.inf:  # also refuses NaN
+            raise ValueError(f"must be a finite number >= 0, got {text!r}")
         return value
 
     return parse
@@ -122,13 +122,6 @@ class Secret(str):
         return "'***'"
 
 
-def _finite_non_negative(text: str) -> float:
-    value = float(text)
-    if not 0.0 <= value < math.inf:  # also refuses NaN
-        raise ValueError(f"must be a finite number >= 0, got {text!r}")
-    return value
-
-
 def _float_range(low: float, high: float) -> Callable[[str], float]:
     def parse(text: str) -> float:
         value = float(text)
@@ -137,13 +130,6 @@ def _float_range(low: float, high: float) -> Callable[[str], float]:
         return value
 
     return parse
-
-
-def _finite_positive(text: str) -> float:
-    value = float(text)
-    if not 0.0 < value < math.inf:  # also refuses NaN
-        raise ValueError(f"must be a finite number > 0, got {text!r}")
-    return value
 
 
 def _auth_rule(name: str) -> Callable[[str], Any]:
@@ -178,16 +164,6 @@ def _secret_key(text: str) -> Secret:
 
 
 # -- alert settings (read by monitor/alerts.py) ------------------------------
-
-
-def _finite_range(low: float, high: float) -> Callable[[str], float]:
-    def parse(text: str) -> float:
-        value = float(text)
-        if not low <= value <= high:  # also refuses NaN
-            raise ValueError(f"must be a number from {low:g} to {high:g}, got {text!r}")
-        return value
-
-    return parse
 
 
 def _alert_rules_file(text: str) -> str:
@@ -301,7 +277,7 @@ class Settings:
     )
     live_subscribe_rate: float = _setting(
         20.0,
-        _finite_positive,
+        _positive(float),
         "subscribes per second per Socket.IO connection (bursts of as many); "
         "a connection refused 50 times is closed",
     )
@@ -330,7 +306,7 @@ class Settings:
         100_000, _int_range(1, 100_000_000), "audit log entries kept; the oldest go first"
     )
     audit_max_age: float = _setting(
-        7 * 24 * 3600.0, _finite_positive, "seconds an audit log entry is kept"
+        7 * 24 * 3600.0, _positive(float), "seconds an audit log entry is kept"
     )
     secret_key: Secret | None = _setting(
         None,
@@ -339,7 +315,7 @@ class Settings:
         "so every serve process agrees)",
     )
     session_lifetime: float = _setting(
-        12 * 3600.0, _finite_positive, "seconds a browser session stays signed in"
+        12 * 3600.0, _positive(float), "seconds a browser session stays signed in"
     )
     allowed_hosts: tuple[str, ...] = _setting(
         (),
@@ -356,15 +332,15 @@ class Settings:
     # -- metrics and history (issue 10)
     stats_minutes_ttl: float = _setting(
         7 * 24 * 3600.0,
-        _finite_positive,
+        _positive(float),
         "seconds the global per-minute counters and histograms are kept",
     )
     stats_hours_ttl: float = _setting(
-        90 * 24 * 3600.0, _finite_positive, "seconds the global hourly counters are kept"
+        90 * 24 * 3600.0, _positive(float), "seconds the global hourly counters are kept"
     )
     stats_scoped_hours_ttl: float = _setting(
         8 * 24 * 3600.0,
-        _finite_positive,
+        _positive(float),
         "seconds per-name and per-worker hourly counters are kept (the history's 24 h and "
         "7 d windows of one task name or worker)",
     )
@@ -414,27 +390,27 @@ class Settings:
         "alert rules file (.toml or .json), validated at start-up; operators add more in the UI",
     )
     alert_interval: float = _setting(
-        5.0, _finite_range(0.1, 3600.0), "seconds between two evaluations of the alert rules"
+        5.0, _float_range(0.1, 3600.0), "seconds between two evaluations of the alert rules"
     )
     alert_timeout: float = _setting(
-        5.0, _finite_range(0.1, 60.0), "seconds one webhook delivery may take, all included"
+        5.0, _float_range(0.1, 60.0), "seconds one webhook delivery may take, all included"
     )
     alert_max_attempts: int = _setting(
         5, _int_range(1, 50), "delivery attempts of one alert before it is logged as failed"
     )
     alert_backoff: float = _setting(
         10.0,
-        _finite_range(0.01, 3600.0),
+        _float_range(0.01, 3600.0),
         "seconds before the 2nd delivery attempt; doubled for each next one (capped at 1 h)",
     )
     alert_budget: float = _setting(
         10.0,
-        _finite_range(0.1, 300.0),
+        _float_range(0.1, 300.0),
         "seconds of webhook deliveries per evaluation; the rest wait for the next one",
     )
     alert_dedup: float = _setting(
         600.0,
-        _finite_range(0.0, 30 * 24 * 3600.0),
+        _float_range(0.0, 30 * 24 * 3600.0),
         "default dedup window (s) of a rule: the same rule and subject alert once in it",
     )
     alert_log_max: int = _setting(
@@ -448,7 +424,7 @@ class Settings:
     # -- lost and stuck tasks, result-backend reconciliation (issue 10)
     reconcile_after: float = _setting(
         0.0,
-        _finite_non_negative,
+        _non_negative(float),
         "seconds after its last update a non-final task is checked against the result "
         "backend (AsyncResult) and corrected; 0: off",
     )
@@ -456,11 +432,11 @@ class Settings:
         100, _int_range(1, 1000), "tasks checked against the result backend per run"
     )
     reconcile_interval: float = _setting(
-        30.0, _finite_positive, "seconds between two reconciliation runs"
+        30.0, _positive(float), "seconds between two reconciliation runs"
     )
     stuck_p99_factor: float = _setting(
         10.0,
-        _finite_positive,
+        _positive(float),
         "a STARTED task running longer than this many times its name's p99 runtime "
         "(last 24 h, at least 20 runs) is stuck",
     )
@@ -468,7 +444,7 @@ class Settings:
     # -- celery beat (issue 10)
     beat_grace: float | None = _setting(
         None,
-        _optional(_finite_positive),
+        _optional(_positive(float)),
         "seconds after a periodic task was due before a run not seen marks it missed "
         "(default: half its interval, at least 30 s, at most 1 h)",
     )

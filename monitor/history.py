@@ -9,12 +9,15 @@ worker, with runtime and queue-wait histograms (fields spelled in
   per-minute hashes; 24h and 7d: 3600 s steps from the hourly ones), globally,
   for one task name, or for one worker (``GET /api/v1/history``);
 - :func:`runtime_quantiles`: one name's runtime p50/p95/p99 over a recent window;
-- :func:`queue_wait_by_name`: the queue-wait distribution of each task name.
+- :func:`queue_wait_by_name`: the queue-wait distribution of each task name;
+- :func:`counts_by_name`: transitions per task name over a window.
 
-Every read is bounded: one pipeline of HMGETs of exactly the fields needed
-(never an HGETALL of a hash that may hold thousands of names), at most 168
-periods. Percentiles are interpolated within histogram buckets (as Prometheus'
-``histogram_quantile`` does) and are None when nothing was counted.
+Every read is bounded: one pipeline of HMGETs of exactly the fields needed, at
+most 168 periods; only :func:`counts_by_name`, which cannot know the names in
+advance, reads per-name hashes whole (each capped at ``store.STATS_FIELDS`` /
+``STATS_HOUR_FIELDS`` fields by the write script). Percentiles are interpolated
+within histogram buckets (as Prometheus' ``histogram_quantile`` does) and are
+None when nothing was counted.
 """
 
 from __future__ import annotations

@@ -107,7 +107,7 @@ class JobRunner:
             try:
                 if lease.held:
                     lease.release()
-            except redis.RedisError:
+            except redis.RedisError:  # Redis away: the lease expires after its TTL anyway
                 pass
 
     def holds(self, name: str) -> bool:

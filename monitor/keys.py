@@ -13,6 +13,7 @@ a single Redis instance, not a Redis Cluster: see the README.)
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 
@@ -244,10 +245,10 @@ class Keys:
 
 @dataclass(frozen=True)
 class RedisBrokerKeys:
-    """kombu's Redis transport keys (not the monitor's): where it keeps delivered,
-    unacknowledged messages (kombu/transport/redis.py ``Channel.unacked_key``,
-    ``unacked_index_key``), with its ``global_keyprefix`` transport option. Read by
-    monitor.lost, never written."""
+    """kombu's Redis transport keys (not the monitor's): a queue's lists and where it
+    keeps delivered, unacknowledged messages (kombu/transport/redis.py
+    ``Channel.unacked_key``, ``unacked_index_key``), with its ``global_keyprefix``
+    transport option. Read by monitor.queues and monitor.lost, never written."""
 
     global_keyprefix: str = ""
     unacked_key: str = "unacked"
@@ -262,6 +263,16 @@ class RedisBrokerKeys:
     def unacked_index(self) -> str:
         """zset: delivery tag -> time it was delivered."""
         return self.global_keyprefix + self.unacked_index_key
+
+    def queue_lists(self, queue: str, steps: Sequence[int], sep: str) -> list[str]:
+        """The lists holding ``queue``'s messages: the queue's own, then one per
+        non-zero priority step (kombu's ``Channel._q_for_pri``: ``queue + sep + step``).
+        Read by monitor.queues."""
+        keys = [self.global_keyprefix + queue]
+        keys += [
+            f"{self.global_keyprefix}{queue}{sep}{step}" for step in sorted(set(steps)) if step
+        ]
+        return keys
 
 
 @dataclass(frozen=True)

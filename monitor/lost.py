@@ -549,8 +549,10 @@ def broker_settings(celery_app: Any, worker_confs: Mapping[str, Any]) -> dict[st
         )
     keys = RedisBrokerKeys(
         global_keyprefix=prefix,
-        unacked_key=str(options.get("unacked_key") or "unacked"),
-        unacked_index_key=str(options.get("unacked_index_key") or "unacked_index"),
+        unacked_key=str(options.get("unacked_key") or RedisBrokerKeys.unacked_key),
+        unacked_index_key=str(
+            options.get("unacked_index_key") or RedisBrokerKeys.unacked_index_key
+        ),
     )
     return {
         "url": url,
@@ -696,6 +698,9 @@ def mark_broker(rows: list[dict[str, Any]], report: Mapping[str, Any]) -> list[d
 
 #: Non-final states a result backend may have moved on from.
 RECONCILE_STATES = ("PENDING", "RECEIVED", "STARTED", "RETRY")
+#: Content types the monitor never decodes: loading them runs code the data names.
+#: Reconciliation stays off when the app's result backend accepts one of them.
+UNSAFE_CONTENT = frozenset({"application/x-python-serialize", "application/x-yaml"})
 
 
 def _has_backend(celery_app: Any) -> bool:
@@ -707,6 +712,13 @@ def _has_backend(celery_app: Any) -> bool:
         return not isinstance(celery_app.backend, DisabledBackend)
     except Exception:  # noqa: BLE001 - a backend that cannot even be built
         return False
+
+
+def _unsafe_content(celery_app: Any) -> list[str]:
+    """The unsafe content types the app's result backend would decode (its
+    ``result_accept_content``, else ``accept_content``, as kombu prepared them)."""
+    accept = getattr(celery_app.backend, "accept", None) or ()
+    return sorted(UNSAFE_CONTENT.intersection(accept))
 
 
 def _done_at(result: Any, now: float) -> float:
@@ -746,6 +758,16 @@ def reconcile(ctx: JobContext, now: float | None = None) -> int:
     settings = ctx.settings
     after = settings.reconcile_after
     if not after or not _has_backend(ctx.celery_app):
+        return 0
+    unsafe = _unsafe_content(ctx.celery_app)
+    if unsafe:  # AsyncResult would unpickle what the backend holds, in the web tier
+        if not ctx.state.get("unsafe_logged"):
+            ctx.state["unsafe_logged"] = True
+            logger.warning(
+                "monitor: reconciliation is off: the result backend accepts %s, "
+                "which the monitor never decodes (set result_accept_content to json)",
+                ", ".join(unsafe),
+            )
         return 0
     from celery.result import AsyncResult
 

@@ -50,6 +50,7 @@ import redis
 
 from .config import mask_url
 from .jobs import Job, JobContext
+from .keys import RedisBrokerKeys
 
 logger = logging.getLogger(__name__)
 
@@ -210,11 +211,7 @@ def broker_kind(conn: Any) -> str:
 
 def redis_sub_queues(queue: str, steps: Sequence[int], sep: str, keyprefix: str) -> list[str]:
     """The Redis lists holding ``queue``'s messages (kombu's ``_q_for_pri``)."""
-    keys = [keyprefix + queue]
-    for step in sorted(set(steps)):
-        if step:
-            keys.append(f"{keyprefix}{queue}{sep}{step}")
-    return keys
+    return RedisBrokerKeys(global_keyprefix=keyprefix).queue_lists(queue, steps, sep)
 
 
 #: EVALSHA names the script; it is loaded only when the broker's Redis lacks it.

@@ -129,20 +129,8 @@ FLOWER_FIELDS = (
     "root_id",
     "parent_id",
 )
-FLOWER_FLOAT_FIELDS = frozenset(
-    {
-        "received",
-        "sent",
-        "started",
-        "rejected",
-        "succeeded",
-        "failed",
-        "retried",
-        "revoked",
-        "timestamp",
-        "runtime",
-    }
-)
+#: The ones Flower gives as floats: every state's time, the timestamp, the runtime.
+FLOWER_FLOAT_FIELDS = frozenset(STATE_TIME_FIELDS) | {"timestamp", "runtime"}
 FLOWER_INT_FIELDS = frozenset({"retries", "clock"})
 
 # -- stats fields: per-minute / per-hour counters and histograms ----------------
@@ -150,17 +138,9 @@ FLOWER_INT_FIELDS = frozenset({"retries", "clock"})
 # write script gets them from :func:`stats_spelling` (in its config), history
 # and /metrics read them through the names below.
 
-#: The counter of each state's transitions, as history points and /metrics name it.
-STAT_COUNTERS: dict[str, str] = {
-    "PENDING": "sent",
-    "RECEIVED": "received",
-    "STARTED": "started",
-    "SUCCESS": "succeeded",
-    "FAILURE": "failed",
-    "RETRY": "retried",
-    "REVOKED": "revoked",
-    "REJECTED": "rejected",
-}
+#: The counter of each state's transitions, as history points and /metrics name it:
+#: the state's subject (``SUCCESS`` -> ``succeeded``, ``PENDING`` -> ``sent``).
+STAT_COUNTERS: dict[str, str] = dict(STATE_TO_SUBJECT)
 #: The counters a history point carries (issue 10's contract), in that order.
 HISTORY_COUNTERS = ("received", "started", "succeeded", "failed", "retried", "revoked")
 #: ``state:<STATE>``: transitions into STATE (custom states too).

@@ -1,4 +1,5 @@
-"""Test helpers: waiting on conditions, services, worker subprocesses."""
+"""Test helpers: waiting on conditions, services, worker and serve subprocesses, and
+the browser tests' Chromium (launch, pages that record their errors, logging in)."""
 
 from __future__ import annotations
 
@@ -10,7 +11,8 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -69,6 +71,72 @@ def require_chromium() -> None:
         pytest.fail(message) if IN_CI else pytest.skip(message)
 
 
+#: Collects every Content-Security-Policy violation a page reports, from before its
+#: first script runs (add it with ``context.add_init_script`` or ``open_page``).
+CSP_PROBE = """
+window.__csp = [];
+document.addEventListener("securitypolicyviolation", function (e) {
+  window.__csp.push(e.violatedDirective + " " + (e.blockedURI || "inline") + " " +
+                    (e.sourceFile || "") + ":" + e.lineNumber);
+});
+"""
+
+
+#: Screenshots for the README; those of hostile data, for a human to look at.
+SHOTS = ROOT / "docs" / "screenshots"
+REVIEW_SHOTS = Path(tempfile.gettempdir()) / "monitor-screenshots"
+
+
+def shot(page: Any, name: str, full_page: bool = False, directory: Path = SHOTS) -> None:
+    directory.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(directory / f"{name}.png"), full_page=full_page)
+
+
+@contextmanager
+def chromium() -> Iterator[Any]:
+    """Debian's Chromium through Playwright (fails in CI, skips elsewhere, without it)."""
+    require_chromium()
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        try:
+            yield browser
+        finally:
+            browser.close()
+
+
+def open_page(
+    browser: Any,
+    width: int = 1366,
+    height: int = 900,
+    *,
+    init_script: str | None = None,
+    console_errors: bool = True,
+) -> Any:
+    """A page in a fresh context (its own cookies). ``page.errors`` collects uncaught
+    page errors and, with ``console_errors``, the console's error lines; close it with
+    ``page.context.close()``."""
+    context = browser.new_context(viewport={"width": width, "height": height})
+    if init_script is not None:
+        context.add_init_script(init_script)
+    page = context.new_page()
+    page.errors = []
+    page.on("pageerror", lambda exc: page.errors.append(str(exc)))
+    if console_errors:
+        page.on("console", lambda msg: msg.type == "error" and page.errors.append(msg.text))
+    return page
+
+
+def log_in(page: Any, url: str, user: tuple[str, str], next_path: str = "/") -> None:
+    """Log ``user`` (name, password) in through the login page, then on to ``next_path``."""
+    page.goto(url + "/login?next=" + next_path)
+    page.fill("input[name=name]", user[0])
+    page.fill("input[name=password]", user[1])
+    page.click("form.login button[type=submit]")
+    page.wait_for_selector(".who-name")
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -106,20 +174,25 @@ class ServeProcess:
     tests stop it, kill it (SIGKILL) and start a replacement on the same port.
 
     Without ``broker`` it runs without the event receiver; its log is kept in a
-    file for failure messages.
+    file for failure messages. ``extra`` are more serve arguments; it is up when
+    ``ready_path`` answers (``/login`` once users exist: the API answers 401).
     """
 
     def __init__(
         self,
         redis_url: str,
         prefix: str,
-        *,
+        *extra: str,
         broker: str | None = None,
         env: dict[str, str] | None = None,
+        ready_path: str = "/api/v1/workers",
     ) -> None:
         self.port = free_port()
+        self.prefix = prefix
+        self.ready_path = ready_path
         self.args = ["--port", str(self.port), "--redis", redis_url, "--prefix", prefix]
         self.args += ["--broker", broker] if broker else ["--no-events"]
+        self.args += extra
         self.env = clean_env(MONITOR_ENABLE_EVENTS="false", **(env or {}))
         fd, log_path = tempfile.mkstemp(prefix="monitor-test-serve-", suffix=".log")
         os.close(fd)
@@ -139,7 +212,7 @@ class ServeProcess:
         def up() -> bool:
             if self.proc is not None and self.proc.poll() is not None:
                 raise AssertionError(f"serve exited:\n{self.log()[-3000:]}")
-            response = http_get(self.url + "/api/v1/workers")
+            response = http_get(self.url + self.ready_path)
             return response is not None and response.ok
 
         wait_for(up, timeout, 0.1, what="serve answering")

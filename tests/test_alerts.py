@@ -141,6 +141,18 @@ def put(store: Store, settings: Settings, rule: dict[str, Any]) -> alerts.Rule:
     return alerts.put_rule(store, settings, rule, create=True)
 
 
+def silent_workers(store: Store, settings: Settings, hosts: Any, rule: str, webhook: str) -> None:
+    """Workers ``hosts`` silent for ten minutes, and a worker_offline rule ``rule``
+    (after 1 s, every worker) posting to ``webhook``."""
+    now = time.time()
+    store.apply([WorkerEvent(h, "heartbeat", now - 600, "event", {"freq": 2.0}) for h in hosts])
+    put(
+        store,
+        settings,
+        {"name": rule, "kind": "worker_offline", "seconds": 1, "webhook": webhook},
+    )
+
+
 def run_until(engine: alerts.Engine, condition: Any, what: str, timeout: float = 15.0) -> Any:
     def step() -> Any:
         engine.run()
@@ -433,18 +445,7 @@ def test_a_delivery_that_never_succeeds_is_logged_failed_and_the_log_is_bounded(
 ):
     settings = fast_settings(settings.prefix, alert_log_max=3, alert_max_attempts=2)
     store.settings = settings
-    now = time.time()
-    store.apply(
-        [
-            WorkerEvent(f"celery@w{i}", "heartbeat", now - 600, "event", {"freq": 2.0})
-            for i in range(5)
-        ]
-    )
-    put(
-        store,
-        settings,
-        {"name": "down", "kind": "worker_offline", "seconds": 1, "webhook": receiver.url},
-    )
+    silent_workers(store, settings, (f"celery@w{i}" for i in range(5)), "down", receiver.url)
     receiver.plan = [503] * 10
     engine = alerts.Engine(store, settings)
     # five subjects, two attempts each, then failed; the log keeps the last 3
@@ -457,13 +458,7 @@ def test_a_delivery_that_never_succeeds_is_logged_failed_and_the_log_is_bounded(
 
 def test_a_pending_delivery_survives_a_restart(receiver, store, settings):
     settings = fast_settings(settings.prefix, alert_backoff=0.2)
-    now = time.time()
-    store.apply([WorkerEvent("celery@gone", "heartbeat", now - 600, "event", {"freq": 2.0})])
-    put(
-        store,
-        settings,
-        {"name": "gone", "kind": "worker_offline", "seconds": 1, "webhook": receiver.url},
-    )
+    silent_workers(store, settings, ["celery@gone"], "gone", receiver.url)
     receiver.plan = [500]
     first = alerts.Engine(store, settings)
     first.run()
@@ -639,6 +634,21 @@ def test_failure_rate_per_task_name(store, settings, receiver):
     assert set(got) == {"proj.pay", "proj.mail"}  # other.x is not proj.*
     assert (got["proj.pay"]["failed"], got["proj.pay"]["finished"]) == (3, 6)
     assert (got["proj.mail"]["failed"], got["proj.mail"]["finished"]) == (4, 4)
+
+
+def test_a_name_window_longer_than_the_per_name_counters_is_a_problem(store, settings, receiver):
+    """Per-name minute counters live MONITOR_STATS_TTL: a name rule's longer window
+    is cut, and the evaluator says so (its status' problems); the global one is not."""
+    settings = fast_settings(settings.prefix, stats_ttl=3600.0)
+    store.settings = settings
+    base = {"kind": "failure_rate", "webhook": receiver.url, "threshold_percent": 50}
+    put(store, settings, {**base, "name": "names", "pattern": "proj.*", "window_seconds": 7200})
+    put(store, settings, {**base, "name": "all", "window_seconds": 7200})
+    put(store, settings, {**base, "name": "short", "pattern": "proj.*", "window_seconds": 600})
+    alerts.Engine(store, settings).run()
+    problems = alerts.status(store)["problems"]
+    assert set(problems) == {"names"}
+    assert "longer than MONITOR_STATS_TTL (3600 s)" in problems["names"]
 
 
 def test_worker_offline_with_a_real_worker_stopped(fresh, receiver):
@@ -998,18 +1008,7 @@ def test_a_hanging_receiver_costs_one_timeout_per_evaluation(store, settings, re
     hangs, one run makes one attempt; the other alerts wait for the next run."""
     settings = fast_settings(settings.prefix, alert_budget=0.1, alert_timeout=0.5)
     store.settings = settings
-    now = time.time()
-    store.apply(
-        [
-            WorkerEvent(f"hang@w{i}", "heartbeat", now - 600, "event", {"freq": 2.0})
-            for i in range(3)
-        ]
-    )
-    put(
-        store,
-        settings,
-        {"name": "hang", "kind": "worker_offline", "seconds": 1, "webhook": receiver.url},
-    )
+    silent_workers(store, settings, (f"hang@w{i}" for i in range(3)), "hang", receiver.url)
     receiver.plan = ["hang"] * 3
     engine = alerts.Engine(store, settings)
     counts = engine.run()

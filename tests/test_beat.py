@@ -30,12 +30,14 @@ from monitor.store import Store, redis_client
 from tests import beatapp
 
 from .helpers import (
-    CHROMIUM,
-    CHROMIUM_ARGS,
+    CSP_PROBE,
     REDIS_URL,
     ROOT,
+    SHOTS,
     ServeProcess,
     WorkerProcess,
+    chromium,
+    open_page,
     require_chromium,
     require_service,
     stop_process,
@@ -43,12 +45,34 @@ from .helpers import (
 )
 
 BROKER = "redis://127.0.0.1:6379/9"
-SHOTS = ROOT / "docs" / "screenshots"
 GRACE = 2.0
 
 
 def _by_name(entries):
     return {e["name"]: e for e in entries}
+
+
+def beat_env(queue: str, prefix: str, **extra: str) -> dict[str, str]:
+    """The environment of a ``celery -A tests.beatapp beat``: its hook records runs
+    under ``prefix``, it sends to ``queue``, "forgotten" is never sent."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MONITOR_")}
+    env.update(
+        TEST_BROKER_URL=BROKER,
+        TEST_QUEUE=queue,
+        TEST_HOOKS="1",
+        MONITOR_REDIS_URL=REDIS_URL,
+        MONITOR_PREFIX=prefix,
+        BEAT_SKIP="forgotten",
+        PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""),
+        **extra,
+    )
+    return env
+
+
+def beat_args(*scheduler: str) -> list[str]:
+    """``celery -A tests.beatapp beat`` with ``scheduler``'s arguments."""
+    args = [sys.executable, "-m", "celery", "-A", "tests.beatapp", "beat", *scheduler]
+    return args + ["--pidfile", "", "--loglevel", "info"]
 
 
 @pytest.fixture(scope="module")
@@ -62,18 +86,8 @@ def cluster():
     worker.args[worker.args.index("tests.workerapp")] = "tests.beatapp"
     tmp = Path(tempfile.mkdtemp(prefix="monitor-test-beat-"))
     beat_log = open(tmp / "beat.log", "w")  # noqa: SIM115 - closed below
-    env = {k: v for k, v in os.environ.items() if not k.startswith("MONITOR_")}
-    env.update(
-        TEST_BROKER_URL=BROKER,
-        TEST_QUEUE=queue,
-        TEST_HOOKS="1",
-        MONITOR_REDIS_URL=REDIS_URL,
-        MONITOR_PREFIX=prefix,
-        BEAT_SKIP="forgotten",
-        PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""),
-    )
-    args = [sys.executable, "-m", "celery", "-A", "tests.beatapp", "beat"]
-    args += ["-s", str(tmp / "schedule"), "--pidfile", "", "--loglevel", "info"]
+    env = beat_env(queue, prefix)
+    args = beat_args("-s", str(tmp / "schedule"))
     proc = None
     try:
         worker.start()
@@ -186,24 +200,15 @@ def test_page_is_live_and_shows_the_stopped_beat_missed(cluster):
     """The page lists every entry escaped, follows beat's runs live (the "beat" room),
     and turns an entry missed once beat stops, without a reload."""
     require_chromium()
-    from playwright.sync_api import sync_playwright
-
-    from .test_browser import CSP_PROBE
-
-    serve = ServeProcess(REDIS_URL, cluster["prefix"], env={"MONITOR_BEAT_GRACE": str(GRACE)})
-    serve.args += ["-A", "tests.beatapp"]
-    serve.start()
+    serve = ServeProcess(
+        REDIS_URL, cluster["prefix"], "-A", "tests.beatapp", env={"MONITOR_BEAT_GRACE": str(GRACE)}
+    ).start()
     try:
         body = serve.get("/api/v1/beat").json()
         assert {e["name"] for e in body["entries"]} == set(beatapp._SCHEDULE)
-        with sync_playwright() as p:
-            browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-            context = browser.new_context(viewport={"width": 1366, "height": 700})
-            context.add_init_script(CSP_PROBE)
-            page = context.new_page()
-            errors: list[str] = []
-            page.on("pageerror", lambda exc: errors.append(str(exc)))
-            page.on("console", lambda msg: msg.type == "error" and errors.append(msg.text))
+        with chromium() as browser:
+            page = open_page(browser, 1366, 700, init_script=CSP_PROBE)
+            errors = page.errors
             page.goto(serve.url + "/beat")
             page.wait_for_selector("#conn.conn-ok", timeout=20_000)
             page.wait_for_selector("tr.beat-row >> nth=3")
@@ -231,7 +236,6 @@ def test_page_is_live_and_shows_the_stopped_beat_missed(cluster):
             SHOTS.mkdir(parents=True, exist_ok=True)
             page.screenshot(path=str(SHOTS / "beat.png"), full_page=True)
             assert errors == []
-            browser.close()
     finally:
         serve.stop()
 
@@ -484,20 +488,8 @@ def test_a_real_redbeat_scheduler_is_read_back(store, prefix):
     rb_prefix = f"{prefix}-rb:"
     queue = f"q-{prefix}"
     tmp = Path(tempfile.mkdtemp(prefix="monitor-test-redbeat-"))
-    env = {k: v for k, v in os.environ.items() if not k.startswith("MONITOR_")}
-    env.update(
-        TEST_BROKER_URL=BROKER,
-        TEST_QUEUE=queue,
-        TEST_HOOKS="1",
-        MONITOR_REDIS_URL=REDIS_URL,
-        MONITOR_PREFIX=prefix,
-        BEAT_SKIP="forgotten",
-        BEAT_REDBEAT_PREFIX=rb_prefix,
-        BEAT_REDBEAT_URL=REDIS_URL,
-        PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""),
-    )
-    args = [sys.executable, "-m", "celery", "-A", "tests.beatapp", "beat"]
-    args += ["-S", "redbeat.RedBeatScheduler", "--pidfile", "", "--loglevel", "info"]
+    env = beat_env(queue, prefix, BEAT_REDBEAT_PREFIX=rb_prefix, BEAT_REDBEAT_URL=REDIS_URL)
+    args = beat_args("-S", "redbeat.RedBeatScheduler")
     app = Celery("rb-monitor")
     app.conf.update(redbeat_redis_url=REDIS_URL, redbeat_key_prefix=rb_prefix, timezone="UTC")
     app.conf.beat_schedule = dict(beatapp._SCHEDULE)

@@ -9,10 +9,8 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-import tempfile
 import time
 import uuid
-from pathlib import Path
 
 import pytest
 from celery import Celery
@@ -23,71 +21,27 @@ from monitor.model import TaskEvent, WorkerEvent
 from monitor.store import Store, redis_client
 
 from .helpers import (
-    CHROMIUM,
-    CHROMIUM_ARGS,
+    CSP_PROBE,
     IN_CI,
     REDIS_URL,
+    REVIEW_SHOTS,
     ROOT,
+    ServeProcess,
     WorkerProcess,
+    chromium,
     clean_env,
     free_port,
     http_get,
-    require_chromium,
-    start_module,
+    open_page,
+    shot,
     stop_process,
     wait_for,
 )
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
-SHOTS = ROOT / "docs" / "screenshots"
-#: Screenshots of hostile data, for a human to look at (not in the README).
-REVIEW_SHOTS = Path(tempfile.gettempdir()) / "monitor-screenshots"
 BROKER = "redis://127.0.0.1:6379/9"
 T = "tests.workerapp."
 HOSTILE = "<img src=x onerror=window.__pwned=1>"
-#: Collects every Content-Security-Policy violation a page reports, from before its
-#: first script runs (add it with ``context.add_init_script``).
-CSP_PROBE = """
-window.__csp = [];
-document.addEventListener("securitypolicyviolation", function (e) {
-  window.__csp.push(e.violatedDirective + " " + (e.blockedURI || "inline") + " " +
-                    (e.sourceFile || "") + ":" + e.lineNumber);
-});
-"""
-
-
-class Serve:
-    """A `python -m monitor serve` process that tests can restart on the same port."""
-
-    def __init__(self, prefix: str) -> None:
-        self.prefix = prefix
-        self.port = free_port()
-        self.proc: subprocess.Popen | None = None
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def start(self) -> Serve:
-        self.proc = start_module(
-            "monitor",
-            *("serve", "--port", str(self.port), "--redis", REDIS_URL, "--prefix", self.prefix),
-            *("--broker", BROKER),
-            env=clean_env(MONITOR_ENABLE_EVENTS="false"),
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-
-        def up():
-            response = http_get(self.url + "/api/v1/workers")
-            return response is not None and response.ok
-
-        wait_for(up, 30, 0.1, what="serve answering")
-        return self
-
-    def stop(self) -> None:
-        if self.proc is not None:
-            stop_process(self.proc)
 
 
 @pytest.fixture(scope="module")
@@ -96,13 +50,10 @@ def env():
 
     if not port_open("127.0.0.1", 6379):
         pytest.fail("Redis is required") if IN_CI else pytest.skip("Redis is not running")
-    require_chromium()
-    from playwright.sync_api import sync_playwright
-
     prefix = "mb-" + uuid.uuid4().hex[:8]
     settings = Settings(redis_url=REDIS_URL, prefix=prefix)
     store = Store(redis_client(REDIS_URL), settings)
-    serve = Serve(prefix).start()
+    serve = ServeProcess(REDIS_URL, prefix, broker=BROKER).start()
     worker = WorkerProcess(
         broker=BROKER,
         queue=f"q-{prefix}",
@@ -114,12 +65,8 @@ def env():
     app = Celery("producer", broker=BROKER)
     app.conf.update(task_default_queue=f"q-{prefix}", task_send_sent_event=True)
     monitor.signals.connect(app, redis_url=REDIS_URL, prefix=prefix)
-    with sync_playwright() as p:
-        browser = p.chromium.launch(
-            executable_path=CHROMIUM,
-            args=CHROMIUM_ARGS,
-        )
-        try:
+    try:
+        with chromium() as browser:
             yield {
                 "store": store,
                 "serve": serve,
@@ -128,28 +75,22 @@ def env():
                 "browser": browser,
                 "prefix": prefix,
             }
-        finally:
-            browser.close()
-            monitor.signals.disconnect()
-            app.close()
-            worker.stop()
-            serve.stop()
-            store.delete_all()
-            store.close()
+    finally:
+        monitor.signals.disconnect()
+        app.close()
+        worker.stop()
+        serve.stop()
+        store.delete_all()
+        store.close()
 
 
 @pytest.fixture
 def page(env):
-    context = env["browser"].new_context(viewport={"width": 1366, "height": 768})
-    page = context.new_page()
-    errors: list[str] = []
-    dialogs: list[str] = []
-    page.on("pageerror", lambda exc: errors.append(str(exc)))
-    page.on("console", lambda msg: msg.type == "error" and errors.append(msg.text))
-    page.on("dialog", lambda d: (dialogs.append(d.message), d.dismiss()))
-    page.errors, page.dialogs = errors, dialogs
+    page = open_page(env["browser"], 1366, 768)
+    page.dialogs = []
+    page.on("dialog", lambda d: (page.dialogs.append(d.message), d.dismiss()))
     yield page
-    context.close()
+    page.context.close()
 
 
 def live(page):
@@ -159,11 +100,6 @@ def live(page):
 def finished(env, task_id, states=("SUCCESS",)):
     store = env["store"]
     return wait_for(lambda: (t := store.get_task(task_id)) and t["state"] in states and t, 60)
-
-
-def shot(page, name, full_page=False, directory=SHOTS):
-    directory.mkdir(parents=True, exist_ok=True)
-    page.screenshot(path=str(directory / f"{name}.png"), full_page=full_page)
 
 
 def test_overview_loads_live_without_errors(env, page):
@@ -535,12 +471,8 @@ def test_dashboard_on_a_hosts_socketio_server(env, page):
 def test_without_users_pages_are_read_only_and_honour_the_csp(env):
     """No user configured: no action button anywhere, one line saying how to enable
     them, and no page (actions' pages included) breaks the Content-Security-Policy."""
-    context = env["browser"].new_context(viewport={"width": 1366, "height": 768})
-    context.add_init_script(CSP_PROBE)
-    page = context.new_page()
-    reported: list[str] = []
-    page.on("console", lambda msg: msg.type == "error" and reported.append(msg.text))
-    page.on("pageerror", lambda exc: reported.append(str(exc)))
+    page = open_page(env["browser"], 1366, 768, init_script=CSP_PROBE)
+    reported = page.errors
     try:
         failed = env["app"].send_task(T + "fail", ("no users",))
         finished(env, failed.id, ("FAILURE",))
@@ -577,4 +509,4 @@ def test_without_users_pages_are_read_only_and_honour_the_csp(env):
         assert "Bulk" not in page.locator("header nav").inner_text()  # nobody can act
         assert reported == []
     finally:
-        context.close()
+        page.context.close()

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import http.server
 import re
-import subprocess
 import threading
 import uuid
 from pathlib import Path
@@ -29,21 +28,20 @@ from monitor.auth import AuthStore
 from monitor.config import Settings
 from monitor.store import Store, redis_client
 
+from . import helpers
 from .helpers import (
-    CHROMIUM,
-    CHROMIUM_ARGS,
+    CSP_PROBE,
     REDIS_URL,
+    REVIEW_SHOTS,
+    ServeProcess,
     WorkerProcess,
-    clean_env,
-    free_port,
-    http_get,
+    chromium,
+    open_page,
     require_chromium,
     require_service,
-    start_module,
-    stop_process,
+    shot,
     wait_for,
 )
-from .test_browser import CSP_PROBE, REVIEW_SHOTS, shot
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
@@ -53,45 +51,6 @@ BROKER = "redis://127.0.0.1:6379/14"
 T = "tests.workerapp."
 OPERATOR = ("olga", "olga-operator-pw")
 VIEWER = ("victor", "victor-viewer-pw")
-
-
-class Serve:
-    """``python -m monitor serve`` with users: the API answers 401 to anonymous
-    callers, so it is up when its login page answers."""
-
-    def __init__(self, prefix: str, *extra: str) -> None:
-        self.prefix = prefix
-        self.extra = extra
-        self.port = free_port()
-        self.proc: subprocess.Popen | None = None
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def start(self) -> Serve:
-        args = ("serve", "--port", str(self.port), "--redis", REDIS_URL, "--prefix", self.prefix)
-        self.proc = start_module(
-            "monitor",
-            *args,
-            "--broker",
-            BROKER,
-            *self.extra,
-            env=clean_env(MONITOR_ENABLE_EVENTS="false"),
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-
-        def up():
-            response = http_get(self.url + "/login")
-            return response is not None and response.status_code == 200
-
-        wait_for(up, 30, 0.1, what="serve answering")
-        return self
-
-    def stop(self) -> None:
-        if self.proc is not None:
-            stop_process(self.proc)
 
 
 class Cluster:
@@ -106,7 +65,7 @@ class Cluster:
         self.auth.add_user(*OPERATOR, role="operator")
         self.auth.add_user(*VIEWER, role="viewer")
         self.audit = AuditLog(self.store.redis, self.store.keys, self.settings)
-        self.serve = Serve(self.prefix)
+        self.serve = ServeProcess(REDIS_URL, self.prefix, broker=BROKER, ready_path="/login")
         self.worker = WorkerProcess(
             broker=BROKER,
             queue=self.queue,
@@ -170,18 +129,12 @@ class Cluster:
 def cluster():
     require_service("127.0.0.1", 6379, "Redis")
     require_chromium()
-    from playwright.sync_api import sync_playwright
-
     cluster = Cluster()
     try:
         cluster.serve.start()
         cluster.worker.start()
-        with sync_playwright() as p:
-            cluster.browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-            try:
-                yield cluster
-            finally:
-                cluster.browser.close()
+        with chromium() as cluster.browser:
+            yield cluster
     finally:
         cluster.close()
 
@@ -189,19 +142,14 @@ def cluster():
 def new_page(cluster, user=None):
     """A page in a fresh browser context (its own cookies), logged in as ``user``
     through the login page; it records errors and CSP violations."""
-    context = cluster.browser.new_context(viewport={"width": 1366, "height": 900})
-    context.add_init_script(CSP_PROBE)
-    page = context.new_page()
-    page.errors, page.csp = [], []
+    page = open_page(cluster.browser, 1366, 900, init_script=CSP_PROBE)
+    page.csp = []
 
     def console(msg):
-        if msg.type == "error":
-            page.errors.append(msg.text)
         if "Content Security Policy" in msg.text or "Content-Security-Policy" in msg.text:
             page.csp.append(msg.text)
 
     page.on("console", console)
-    page.on("pageerror", lambda exc: page.errors.append(str(exc)))
     page.refused = []  # the URLs the console's "Failed to load resource" lines are about
     page.on("response", lambda r: r.status >= 400 and page.refused.append(f"{r.status} {r.url}"))
     if user is not None:
@@ -210,11 +158,7 @@ def new_page(cluster, user=None):
 
 
 def log_in(page, url, user, next_path="/"):
-    page.goto(url + "/login?next=" + next_path)
-    page.fill("input[name=name]", user[0])
-    page.fill("input[name=password]", user[1])
-    page.click("form.login button[type=submit]")
-    page.wait_for_selector(".who-name")
+    helpers.log_in(page, url, user, next_path)
     assert page.locator(".who-name").inner_text() == user[0]
 
 
@@ -382,7 +326,9 @@ def test_a_viewer_sees_no_action_buttons(cluster, viewer):
 
 
 def test_pages_say_why_when_actions_are_off_for_everyone(cluster):
-    read_only = Serve(cluster.prefix, "--read-only").start()
+    read_only = ServeProcess(
+        REDIS_URL, cluster.prefix, "--read-only", broker=BROKER, ready_path="/login"
+    ).start()
     page = new_page(cluster)
     try:
         log_in(page, read_only.url, OPERATOR)

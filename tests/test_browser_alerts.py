@@ -9,7 +9,6 @@ Content-Security-Policy. Screenshots go to ``$TMPDIR/monitor-screenshots``.
 
 from __future__ import annotations
 
-import subprocess
 import time
 import uuid
 from pathlib import Path
@@ -23,21 +22,20 @@ from monitor.model import WorkerEvent
 from monitor.store import Store, redis_client
 
 from .helpers import (
-    CHROMIUM,
-    CHROMIUM_ARGS,
+    CSP_PROBE,
     REDIS_URL,
+    REVIEW_SHOTS,
+    ServeProcess,
     WorkerProcess,
-    clean_env,
-    free_port,
-    http_get,
+    chromium,
+    log_in,
+    open_page,
     require_chromium,
     require_service,
-    start_module,
-    stop_process,
+    shot,
     wait_for,
 )
 from .test_alerts import Receiver
-from .test_browser import CSP_PROBE, REVIEW_SHOTS, shot
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
@@ -76,8 +74,17 @@ webhook = "{self.receiver.url}"
 format = "slack"
 """
         )
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
+        self.serve = ServeProcess(
+            REDIS_URL,
+            self.prefix,
+            env={
+                "MONITOR_ALERT_RULES": str(self.rules),
+                "MONITOR_ALERT_INTERVAL": "0.2",
+                "MONITOR_ALERT_BACKOFF": "0.1",
+            },
+            ready_path="/login",
+        )
+        self.url = self.serve.url
         self.worker = WorkerProcess(
             broker=BROKER,
             queue=self.queue,
@@ -87,34 +94,13 @@ format = "slack"
         )
         self.app = Celery("alerts-page-producer", broker=BROKER)
         self.app.conf.update(task_default_queue=self.queue, broker_connection_retry_on_startup=True)
-        self.proc: subprocess.Popen | None = None
 
     def start(self) -> None:
-        args = ("serve", "--port", str(self.port), "--redis", REDIS_URL, "--prefix", self.prefix)
-        env = clean_env(
-            MONITOR_ALERT_RULES=str(self.rules),
-            MONITOR_ALERT_INTERVAL="0.2",
-            MONITOR_ALERT_BACKOFF="0.1",
-        )
-        self.proc = start_module(
-            "monitor",
-            *args,
-            "--no-events",
-            env=env,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        wait_for(
-            lambda: (r := http_get(self.url + "/login")) is not None and r.status_code == 200,
-            30,
-            0.1,
-            what="serve answering",
-        )
+        self.serve.start()
         self.worker.start()
 
     def close(self) -> None:
-        if self.proc is not None:
-            stop_process(self.proc)
+        self.serve.stop()
         self.worker.stop()
         self.receiver.close()
         self.store.delete_all()
@@ -125,33 +111,18 @@ format = "slack"
 def env(tmp_path_factory):
     require_service("127.0.0.1", 6379, "Redis")
     require_chromium()
-    from playwright.sync_api import sync_playwright
-
     found = Env(tmp_path_factory.mktemp("alerts"))
     try:
         found.start()
-        with sync_playwright() as p:
-            found.browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-            try:
-                yield found
-            finally:
-                found.browser.close()
+        with chromium() as found.browser:
+            yield found
     finally:
         found.close()
 
 
 def new_page(env, user):
-    context = env.browser.new_context(viewport={"width": 1366, "height": 900})
-    context.add_init_script(CSP_PROBE)
-    page = context.new_page()
-    page.errors = []
-    page.on("console", lambda m: m.type == "error" and page.errors.append(m.text))
-    page.on("pageerror", lambda exc: page.errors.append(str(exc)))
-    page.goto(env.url + "/login?next=/alerts")
-    page.fill("input[name=name]", user[0])
-    page.fill("input[name=password]", user[1])
-    page.click("form.login button[type=submit]")
-    page.wait_for_selector(".who-name")
+    page = open_page(env.browser, 1366, 900, init_script=CSP_PROBE)
+    log_in(page, env.url, user, "/alerts")
     return page
 
 

@@ -21,18 +21,19 @@ from monitor.config import Settings
 from monitor.store import RUNTIME_BUCKETS, Store, redis_client
 
 from .helpers import (
-    CHROMIUM,
-    CHROMIUM_ARGS,
+    CSP_PROBE,
     IN_CI,
     REDIS_URL,
     ServeProcess,
     WorkerProcess,
     api_task,
+    chromium,
+    open_page,
     port_open,
     require_chromium,
+    shot,
     wait_for,
 )
-from .test_browser import CSP_PROBE, shot
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 BROKER = "redis://127.0.0.1:6379/9"
@@ -48,8 +49,6 @@ def env():
     if not port_open("127.0.0.1", 6379):
         pytest.fail("Redis is required") if IN_CI else pytest.skip("Redis is not running")
     require_chromium()
-    from playwright.sync_api import sync_playwright
-
     prefix = "mc-" + uuid.uuid4().hex[:8]
     store = Store(redis_client(REDIS_URL), Settings(redis_url=REDIS_URL, prefix=prefix))
     serve = ServeProcess(REDIS_URL, prefix).start()
@@ -87,19 +86,15 @@ def env():
                 for i in range(4)
             ]
         )
-        with sync_playwright() as p:
-            browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-            try:
-                yield {
-                    "store": store,
-                    "serve": serve,
-                    "browser": browser,
-                    "host": host,
-                    "prefix": prefix,
-                    "app": app,
-                }
-            finally:
-                browser.close()
+        with chromium() as browser:
+            yield {
+                "store": store,
+                "serve": serve,
+                "browser": browser,
+                "host": host,
+                "prefix": prefix,
+                "app": app,
+            }
     finally:
         monitor.signals.disconnect()
         app.close()
@@ -111,19 +106,14 @@ def env():
 
 @pytest.fixture
 def page(env):
-    context = env["browser"].new_context(viewport={"width": 1280, "height": 900})
-    context.add_init_script(CSP_PROBE)
-    page = context.new_page()
-    errors: list[str] = []
-    page.on("pageerror", lambda exc: errors.append(str(exc)))
-    page.on("console", lambda msg: msg.type == "error" and errors.append(msg.text))
+    page = open_page(env["browser"], 1280, 900, init_script=CSP_PROBE)
+    errors = page.errors
     page.on("dialog", lambda d: (errors.append("dialog " + d.message), d.dismiss()))
-    page.errors = errors
     yield page
     assert page.evaluate("window.__csp") == []
     assert page.evaluate("window.__pwned === undefined")
     assert errors == []
-    context.close()
+    page.context.close()
 
 
 def api_points(env, window, **params):

@@ -18,19 +18,18 @@ from monitor.model import TaskEvent, WorkerEvent
 from monitor.store import Store, redis_client
 
 from .helpers import (
-    CHROMIUM,
-    CHROMIUM_ARGS,
     REDIS_URL,
-    ROOT,
+    SHOTS,
     RedisServer,
     ServeProcess,
+    chromium,
+    open_page,
     require_chromium,
     require_service,
     wait_for,
 )
 
 pytestmark = [pytest.mark.browser]
-SHOTS = ROOT / "docs" / "screenshots"
 HOSTILE = "<img src=x onerror=window.__pwned=1>"
 
 
@@ -38,8 +37,6 @@ HOSTILE = "<img src=x onerror=window.__pwned=1>"
 def env():
     require_service("127.0.0.1", 6379, "Redis")
     require_chromium()
-    from playwright.sync_api import sync_playwright
-
     prefix = "mbl-" + uuid.uuid4().hex[:8]
     store = Store(redis_client(REDIS_URL), Settings(redis_url=REDIS_URL, prefix=prefix))
     broker = RedisServer().start()
@@ -64,12 +61,8 @@ def env():
     )
     try:
         serve.start()
-        with sync_playwright() as p:
-            browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-            try:
-                yield {"store": store, "serve": serve, "browser": browser, "broker": broker}
-            finally:
-                browser.close()
+        with chromium() as browser:
+            yield {"store": store, "serve": serve, "browser": browser, "broker": broker}
     finally:
         serve.stop()
         broker.stop()
@@ -79,14 +72,9 @@ def env():
 
 @pytest.fixture
 def page(env):
-    context = env["browser"].new_context(viewport={"width": 1366, "height": 900})
-    page = context.new_page()
-    errors: list[str] = []
-    page.on("pageerror", lambda exc: errors.append(str(exc)))
-    page.on("console", lambda msg: msg.type == "error" and errors.append(msg.text))
-    page.errors = errors
+    page = open_page(env["browser"], 1366, 900)
     yield page
-    context.close()
+    page.context.close()
 
 
 def seed(env) -> dict[str, str]:

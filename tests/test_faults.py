@@ -24,14 +24,12 @@ from monitor.model import TaskEvent
 from monitor.store import Store, redis_client
 
 from .helpers import (
-    CHROMIUM,
-    CHROMIUM_ARGS,
     IN_CI,
     RabbitMQNode,
     RedisServer,
     ServeProcess,
     WorkerProcess,
-    require_chromium,
+    chromium,
     wait_for,
 )
 
@@ -44,15 +42,8 @@ SIGNAL_RECORDS_PER_TASK = 3
 
 @pytest.fixture(scope="module")
 def browser() -> Iterator:
-    require_chromium()
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        try:
-            yield browser
-        finally:
-            browser.close()
+    with chromium() as browser:
+        yield browser
 
 
 def open_page(browser, url: str):

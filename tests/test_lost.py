@@ -275,6 +275,29 @@ def test_reconcile_corrects_a_task_whose_final_records_were_lost(store, settings
             backend.forget(task_id)
 
 
+def test_reconcile_never_decodes_a_backend_that_accepts_pickle(store, settings, caplog):
+    """A result backend accepting pickle: the serve process would unpickle what it
+    holds, so reconciliation stays off (one warning), and the task stays as it was."""
+    app = Celery(
+        "pickled", broker=REDIS_URL, backend="redis://127.0.0.1:6379/1", set_as_current=False
+    )
+    app.conf.result_accept_content = ["json", "pickle"]
+    tid = f"rp-{uuid.uuid4().hex}"
+    store.apply([started(tid, time.time() - 120, "w@r")])
+    app.backend.store_result(tid, 1, "SUCCESS")
+    try:
+        ctx = JobContext(store, settings.replace(reconcile_after=60.0), app)
+        with caplog.at_level("WARNING", logger="monitor.lost"):
+            assert lost.reconcile(ctx) == 0
+            assert lost.reconcile(ctx) == 0
+        warnings = [r for r in caplog.records if "reconciliation is off" in r.getMessage()]
+        assert len(warnings) == 1 and "application/x-python-serialize" in warnings[0].getMessage()
+        assert store.get_task(tid)["state"] == "STARTED"
+    finally:
+        app.backend.forget(tid)
+        app.close()
+
+
 def test_reconcile_batch_is_bounded_and_walks_on(store, settings, backend_app):
     now = time.time()
     ids = [f"rb-{i:03d}-{uuid.uuid4().hex[:6]}" for i in range(25)]

@@ -19,6 +19,7 @@ import monitor.signals
 from .helpers import (
     CHROMIUM,
     CHROMIUM_ARGS,
+    CSP_PROBE,
     REDIS_URL,
     ROOT,
     RedisServer,
@@ -27,7 +28,6 @@ from .helpers import (
     require_chromium,
     wait_for,
 )
-from .test_browser import CSP_PROBE
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 SHOT = ROOT / "docs" / "screenshots" / "queues.png"
