@@ -334,6 +334,8 @@ def test_tasks_page_survives_any_stored_time(env, page):
     page.goto(env["serve"].url + "/tasks")
     page.wait_for_selector(f'tr[data-id="{normal.id}"]')
     for task_id in hostile:
+        # the normal row may come first by a live push, before the list is drawn
+        page.wait_for_selector(f'tr[data-id="hostile-time-{task_id}"]', timeout=10_000)
         assert page.locator(f'tr[data-id="hostile-time-{task_id}"]').count() == 1, task_id
     assert page.locator("tr.bad-row").count() == 0  # every row drawn, not just survived
     future = page.locator('tr[data-id="hostile-time-far-future"]').inner_text()

@@ -184,7 +184,8 @@ def test_rabbitmq_depth_consumers_and_missing_queue(amqp_url, store, settings):
     try:
         for _ in range(7):
             app.send_task(NOBODY, queue=queue)
-        assert declare_passive(queue) == (7, 0)
+        # AMQP publishes are asynchronous (no publisher confirms): wait for the broker
+        wait_for(lambda: declare_passive(queue) == (7, 0), 10, 0.05, what="7 messages queued")
         assert queues.queue_depth(app, queue) == 7
         assert queues.queue_depth(app, missing) is None
         now = time.time()
