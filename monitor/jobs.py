@@ -43,6 +43,9 @@ class JobContext:
     store: Any
     settings: Any
     celery_app: Any = None
+    #: the app's worker inspector (monitor.web.inspect), when the runner belongs to
+    #: one: jobs and pages then share its broadcasts and its cache of replies
+    inspector: Any = None
     #: per-job state kept between runs (a job's own cursor, caches)
     state: dict[str, Any] = field(default_factory=dict)
 
@@ -72,6 +75,7 @@ class JobRunner:
         jobs: Sequence[Job],
         celery_app: Any = None,
         spawn: Callable[[Callable[[], None]], Any] | None = None,
+        inspector: Any = None,
     ) -> None:
         self.jobs = list(jobs)
         self.store = store
@@ -84,7 +88,9 @@ class JobRunner:
         self._leases = {
             job.name: Lease(store.redis, store.keys.lease(job.name), job.ttl_ms) for job in jobs
         }
-        self._contexts = {job.name: JobContext(store, settings, celery_app) for job in self.jobs}
+        self._contexts = {
+            job.name: JobContext(store, settings, celery_app, inspector) for job in self.jobs
+        }
         self._next_run = dict.fromkeys(self._leases, 0.0)
         self._last_error_log = dict.fromkeys(self._leases, 0.0)
         #: completed runs per job, in this process (tests and /api/v1/jobs read it)

@@ -677,7 +677,9 @@ def sample_once(ctx: JobContext) -> dict[str, Any]:
 
         ctx.celery_app = make_app(ctx.settings)
     if ctx.celery_app is not None:
-        inspector = ctx.state.get("inspector")
+        # The app's inspector when the runner has one (its replies then serve the
+        # workers and risks pages too), else one of the job's own.
+        inspector = ctx.inspector or ctx.state.get("inspector")
         if inspector is None:
             from .web.inspect import WorkerInspector
 

@@ -105,6 +105,8 @@ def test_embedded_dashboard_runs_jobs_only_when_asked(settings, store):
     busy_ext = busy.extensions["monitor"]
     quiet_ext = quiet.extensions["monitor"]
     assert busy_ext.jobs in busy_ext.hub.companions
+    # the jobs ask the workers through the app's inspector: one cache for pages and jobs
+    assert busy_ext.jobs._contexts["queues"].inspector is busy_ext.inspector
     assert quiet_ext.jobs not in quiet_ext.hub.companions
     client = busy_ext.socketio.test_client(busy, flask_test_client=busy.test_client())
     try:

@@ -277,12 +277,13 @@ def init_app(
         allowed_hosts = default_allowed_hosts(settings)
     else:
         allowed_hosts = ()
+    inspector = WorkerInspector(settings, celery_app)
     ext = MonitorExtension(
         settings=settings,
         store=store,
         hub=hub,
         url_prefix=prefix,
-        inspector=WorkerInspector(settings, celery_app),
+        inspector=inspector,
         socketio=sio,
         namespace=namespace,
         own_socketio=own,
@@ -296,7 +297,12 @@ def init_app(
     # starts them with its live tailer (its first Socket.IO connection, so after
     # any fork of a pre-forking server).
     ext.jobs = JobRunner(
-        store, settings, cluster_jobs(settings), celery_app, spawn=sio.start_background_task
+        store,
+        settings,
+        cluster_jobs(settings),
+        celery_app,
+        spawn=sio.start_background_task,
+        inspector=inspector,  # one set of broadcasts and one cache for pages and jobs
     )
     if run_jobs:
         hub.companions.append(ext.jobs)
