@@ -63,6 +63,7 @@ import redis
 
 from . import __version__, beat, queues
 from .jobs import Job, JobContext
+from .values import finite_float
 
 logger = logging.getLogger(__name__)
 
@@ -724,14 +725,6 @@ def _digest(text: str) -> str:
     return hashlib.sha1(text.encode("utf-8", "surrogatepass")).hexdigest()[:24]
 
 
-def _float(value: Any) -> float | None:
-    try:
-        number = float(value)
-    except (TypeError, ValueError):
-        return None
-    return number if math.isfinite(number) else None
-
-
 def _ago(seconds: float) -> str:
     seconds = max(0.0, seconds)
     if seconds < 120:
@@ -922,7 +915,7 @@ class Engine:
         gone = [s for s in active if s not in firing]
         for subject in gone:
             if (known is None or subject in known) and rule.send_resolved:
-                since = _float(active[subject].get("since")) or now
+                since = finite_float(active[subject].get("since")) or now
                 summary = (
                     f"Resolved after {_ago(now - since)}: {active[subject].get('summary', subject)}"
                 )
@@ -1197,8 +1190,8 @@ def _worker_offline(engine: Engine, rule: Rule, now: float, shared: dict[str, An
         known.add(host)
         if worker.get("online"):
             continue
-        last = _float(worker.get("last_heartbeat"))
-        offline_at = _float(worker.get("offline_at"))
+        last = finite_float(worker.get("last_heartbeat"))
+        offline_at = finite_float(worker.get("offline_at"))
         since = (
             offline_at if offline_at is not None and (last is None or offline_at >= last) else last
         )
@@ -1227,8 +1220,8 @@ def _queue_depth(engine: Engine, rule: Rule, now: float, shared: dict[str, Any])
             continue
         known.add(name)
         sample = sample if isinstance(sample, Mapping) else {}
-        depth = _float(sample.get("depth"))
-        age = _float(sample.get("oldest_age"))
+        depth = finite_float(sample.get("depth"))
+        age = finite_float(sample.get("oldest_age"))
         reasons = []
         if rule.max_depth is not None and depth is not None and depth > rule.max_depth:
             reasons.append(f"depth {depth:.0f} > {rule.max_depth}")
@@ -1263,8 +1256,8 @@ def _beat_missed(engine: Engine, rule: Rule, now: float, shared: dict[str, Any])
             continue
         known.add(name)
         if entry.get("missed"):
-            due = _float(entry.get("next_run"))
-            last = _float(entry.get("last_run"))
+            due = finite_float(entry.get("next_run"))
+            last = finite_float(entry.get("last_run"))
             when = f" (last run {_ago(now - last)} ago)" if last is not None else " (never seen)"
             firing[name] = (
                 f"Periodic task {name} ({entry.get('task')}) did not run when due{when}",
@@ -1389,7 +1382,7 @@ def status(store: Any) -> dict[str, Any]:
         problems = json.loads(raw.get("problems") or "{}")
     except ValueError:
         problems = {}
-    return {"last_run": _float(raw.get("last_run")), "problems": problems}
+    return {"last_run": finite_float(raw.get("last_run")), "problems": problems}
 
 
 __all__ = [

@@ -29,6 +29,7 @@ from typing import Any
 
 from . import vocabulary as v
 from .store import Store
+from .values import stored_count
 
 #: window -> (seconds, step seconds)
 WINDOWS: dict[str, tuple[int, int]] = {
@@ -58,18 +59,6 @@ class HistoryError(ValueError):
     def __init__(self, parameter: str, message: str) -> None:
         super().__init__(message)
         self.parameter = parameter
-
-
-def _number(value: Any) -> float:
-    """A stored count or sum, as a finite number (anything else counts as 0:
-    the store's Redis is data, possibly written by something else)."""
-    if value is None:
-        return 0.0
-    try:
-        x = float(value)
-    except (TypeError, ValueError):
-        return 0.0
-    return x if math.isfinite(x) and x >= 0 else 0.0
 
 
 def quantile(q: float, buckets: Sequence[float]) -> float | None:
@@ -162,7 +151,7 @@ def history(
     qw_total = [0.0] * len(_LABELS)
     rt_sum = qw_sum = 0.0
     for period, values in zip(periods, pipe.execute(), strict=True):
-        nums = [_number(x) for x in values]
+        nums = [stored_count(x) for x in values]
         point: dict[str, Any] = {"t": period * step}
         for counter, x in zip(v.HISTORY_COUNTERS, nums[:nc], strict=True):
             point[counter] = int(x)
@@ -208,7 +197,7 @@ def runtime_quantiles(store: Store, name: str, window_seconds: float) -> dict[st
         pipe.hmget(store.keys.stats_names(_period_key(store, step, period)), fields)
     buckets = [0.0] * len(_LABELS)
     for values in pipe.execute():
-        buckets = [a + _number(b) for a, b in zip(buckets, values, strict=True)]
+        buckets = [a + stored_count(b) for a, b in zip(buckets, values, strict=True)]
     out: dict[str, Any] = {"count": int(sum(buckets))}
     for key, q in QUANTILES:
         out[key] = quantile(q, buckets)
@@ -242,7 +231,7 @@ def queue_wait_by_name(
         for n, x in zip(names, values, strict=True):
             if x is not None:
                 present.append((key, n))
-                sums[n] = sums.get(n, 0.0) + _number(x)
+                sums[n] = sums.get(n, 0.0) + stored_count(x)
     if not present:
         return []
     labels = _QW_FIELDS[:-1]
@@ -253,7 +242,7 @@ def queue_wait_by_name(
     for (_, n), values in zip(present, pipe.execute(), strict=True):
         acc = buckets.setdefault(n, [0.0] * len(_LABELS))
         for i, x in enumerate(values):
-            acc[i] += _number(x)
+            acc[i] += stored_count(x)
     out = []
     for n, b in buckets.items():
         row = {"name": n, **_distribution(b, sums.get(n, 0.0))}
@@ -286,5 +275,5 @@ def counts_by_name(
             state = wanted.get(base)
             if state is not None:
                 row = out.setdefault(name, dict.fromkeys(states, 0))
-                row[state] += int(_number(value))
+                row[state] += int(stored_count(value))
     return out

@@ -34,7 +34,6 @@ from __future__ import annotations
 
 import datetime
 import logging
-import math
 import threading
 import time
 from collections.abc import Mapping, Sequence
@@ -48,6 +47,7 @@ from .jobs import Job, JobContext
 from .keys import RedisBrokerKeys
 from .model import TaskEvent
 from .store import Store, redis_client
+from .values import finite_float
 from .vocabulary import LIST_FIELDS, READY_STATES
 
 logger = logging.getLogger(__name__)
@@ -88,14 +88,6 @@ REDIS_SCHEMES = ("redis", "rediss", "unix")
 
 
 # -- small parsers --------------------------------------------------------------------
-
-
-def _finite(value: Any) -> float | None:
-    try:
-        number = float(value) if value is not None else None
-    except (TypeError, ValueError):
-        return None
-    return number if number is not None and math.isfinite(number) else None
 
 
 def _epoch(value: Any) -> float | None:
@@ -199,7 +191,7 @@ class P99:
         value = None
         try:
             q = self._read(self.store, name, P99_WINDOW)
-            count, p99 = q.get("count") or 0, _finite(q.get("p99"))
+            count, p99 = q.get("count") or 0, finite_float(q.get("p99"))
             if count >= P99_MIN_COUNT and p99 is not None and p99 > 0:
                 value = p99
         except redis.RedisError:
@@ -226,11 +218,11 @@ def stuck_reason(
     """Why a task is stuck, or None: STARTED past its time limit, else far past its p99."""
     if state != "STARTED":
         return None
-    since = _finite(started)
+    since = finite_float(started)
     if since is None:
         return None
     age = now - since
-    hard, soft = _finite(time_limit), _finite(soft_time_limit)
+    hard, soft = finite_float(time_limit), finite_float(soft_time_limit)
     if hard is not None and hard > 0 and age > hard + LIMIT_GRACE:
         return f"running for {_duration(age)}, past its time limit ({_duration(hard)})"
     if soft is not None and soft > 0 and age > soft + LIMIT_GRACE:
@@ -495,7 +487,7 @@ class BrokerView:
             entries.append(
                 {
                     "tag": tag,
-                    "delivered": _finite(score),
+                    "delivered": finite_float(score),
                     "task_id": task_id or None,
                     "name": name or None,
                     "eta": eta or None,
@@ -529,10 +521,10 @@ def broker_settings(celery_app: Any, worker_confs: Mapping[str, Any]) -> dict[st
             url = None
     options = _options(conf)
     source = "app conf" if "visibility_timeout" in options else None
-    timeout = _finite(options.get("visibility_timeout"))
+    timeout = finite_float(options.get("visibility_timeout"))
     if source is None:
         for host, wconf in sorted(worker_confs.items()):
-            value = _finite(_options(wconf).get("visibility_timeout"))
+            value = finite_float(_options(wconf).get("visibility_timeout"))
             if value is not None and (timeout is None or value < timeout):
                 timeout, source = value, f"worker {host} conf"
     if timeout is None or timeout <= 0:

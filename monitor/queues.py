@@ -51,6 +51,7 @@ import redis
 from .config import mask_url
 from .jobs import Job, JobContext
 from .keys import RedisBrokerKeys
+from .values import finite_float
 
 logger = logging.getLogger(__name__)
 
@@ -406,7 +407,7 @@ def _sent_times(store: Any, ids: Iterable[str]) -> dict[str, float]:
         pipe.hget(store.keys.task(task_id), "sent")
     out = {}
     for task_id, sent in zip(ids, pipe.execute(), strict=True):
-        value = _float(sent)
+        value = finite_float(sent)
         if value is not None:
             out[task_id] = value
     return out
@@ -423,7 +424,7 @@ def oldest_pending(store: Any, scan: int = PENDING_SCAN) -> dict[str, float]:
         pipe.hmget(store.keys.task(task_id), ["queue", "sent", "state"])
     out: dict[str, float] = {}
     for queue, sent, state in pipe.execute():
-        value = _float(sent)
+        value = finite_float(sent)
         if queue is None or value is None or state != "PENDING":
             continue
         if queue not in out or value < out[queue]:
@@ -441,15 +442,7 @@ def _eta_time(eta: str | None) -> float | None:
         return None
     if when.tzinfo is None:
         when = when.replace(tzinfo=datetime.UTC)
-    return _float(when.timestamp())
-
-
-def _float(value: Any) -> float | None:
-    try:
-        x = float(value)
-    except (TypeError, ValueError):
-        return None
-    return x if math.isfinite(x) else None
+    return finite_float(when.timestamp())
 
 
 # -- one sample ------------------------------------------------------------------------
@@ -631,7 +624,7 @@ def history(store: Any, queue: str, window: str = "1h", now: float | None = None
         if len(parts) != 4:
             continue
         minute = int(parts[0])
-        depth, age, consumers = (_float(p) if p else None for p in parts[1:])
+        depth, age, consumers = (finite_float(p) if p else None for p in parts[1:])
         t = (minute * 60) // step * step
         point = buckets.get(t)
         if point is None:

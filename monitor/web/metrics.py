@@ -38,6 +38,7 @@ from prometheus_client.utils import floatToGoString
 
 from .. import vocabulary as v
 from ..store import Store
+from ..values import stored_count
 
 logger = logging.getLogger(__name__)
 
@@ -84,14 +85,6 @@ def _hostname(node: str) -> str:
     return node.split("@", 1)[1] if "@" in node else node
 
 
-def _number(value: Any) -> float:
-    try:
-        x = float(value)
-    except (TypeError, ValueError):
-        return 0.0
-    return x if math.isfinite(x) and x >= 0 else 0.0
-
-
 def _totals(raw: dict[str, str]) -> tuple[dict, dict]:
     """The totals hash as (counter -> labels -> n, histogram -> labels -> {bucket: n, sum})."""
     counters: dict[str, dict[tuple[str, ...], float]] = {k: {} for k in COUNTERS}
@@ -107,13 +100,13 @@ def _totals(raw: dict[str, str]) -> tuple[dict, dict]:
             else:
                 continue
             series = counters[kind]
-            series[labels] = series.get(labels, 0.0) + _number(value)
+            series[labels] = series.get(labels, 0.0) + stored_count(value)
         elif kind in histograms and len(parts) == 5:
             suffix = parts[4]
             if suffix != v.METRIC_SUM and suffix not in _BOUND_OF:
                 continue
             h = histograms[kind].setdefault((parts[1], parts[2], parts[3]), {})
-            h[suffix] = h.get(suffix, 0.0) + _number(value)
+            h[suffix] = h.get(suffix, 0.0) + stored_count(value)
     return counters, histograms
 
 
@@ -172,7 +165,7 @@ class StoreCollector:
         for w in workers:
             host = _hostname(str(w.get("hostname", "")))
             worker_up[host] = max(worker_up.get(host, 0), 1 if w["online"] else 0)
-            n = _number(w.get("active")) if w["online"] else 0.0
+            n = stored_count(w.get("active")) if w["online"] else 0.0
             active[host] = active.get(host, 0.0) + n
         g_up = GaugeMetricFamily(
             "celery_worker_up",
@@ -205,7 +198,7 @@ class StoreCollector:
         wk.add_metric(["online"], online)
         wk.add_metric(["offline"], len(workers) - online)
         yield wk
-        meta = {k: _number(n) for k, n in meta_raw.items()}
+        meta = {k: stored_count(n) for k, n in meta_raw.items()}
         dropped = GaugeMetricFamily(
             "celery_monitor_dropped_records",
             "Records dropped while Redis was unavailable, by source",

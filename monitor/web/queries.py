@@ -53,6 +53,7 @@ from typing import Any
 
 from .. import lost
 from ..store import MAX_KEY_PART, MAX_MEMBERS, Store
+from ..values import finite_float
 from ..vocabulary import (
     FILTER_FIELDS,
     LIST_FIELDS,
@@ -961,15 +962,6 @@ class OffsetQuery:
     desc: bool = False
     offset: int = 0
     limit: int = DEFAULT_LIMIT
-
-
-def finite_float(value: Any) -> float | None:
-    """A stored value as a finite float, or None (missing, text, NaN, infinite)."""
-    try:
-        number = float(value) if value is not None else None
-    except (TypeError, ValueError):
-        return None
-    return number if number is not None and math.isfinite(number) else None
 
 
 def offset_page(
