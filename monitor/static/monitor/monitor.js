@@ -492,54 +492,6 @@
     });
   }
 
-  // -- charts (inline SVG, no library needed for two series) --------------------------------
-  var SVG = "http://www.w3.org/2000/svg";
-  function svg(tag, attrs) {
-    var el = document.createElementNS(SVG, tag);
-    Object.keys(attrs || {}).forEach(function (k) { el.setAttribute(k, attrs[k]); });
-    return el;
-  }
-  function barChart(points, opts) {
-    var W = 560, H = 160, P = 28;
-    points = (points || []).map(function (p) {
-      return {minute: num(p && p.minute), value: Math.max(0, num(p && p.value) || 0)}; });
-    function clock(minute, options) {
-      var d = dateOf(minute);
-      return d ? d.toLocaleTimeString([], options) : "—";
-    }
-    var max = Math.max(opts.min || 1, Math.max.apply(null, points.map(function (p) {
-      return p.value; })));
-    var root = svg("svg", {viewBox: "0 0 " + W + " " + H, class: "chart", role: "img",
-                           "aria-label": opts.label});
-    var bw = (W - P) / Math.max(points.length, 1);
-    [0, 0.5, 1].forEach(function (f) {
-      var y = H - 18 - f * (H - 30);
-      root.appendChild(svg("line", {x1: P, x2: W, y1: y, y2: y, class: "axis"}));
-      var t = svg("text", {x: P - 4, y: y + 4, class: "tick", "text-anchor": "end"});
-      t.textContent = opts.format ? opts.format(max * f) : String(Math.round(max * f));
-      root.appendChild(t);
-    });
-    points.forEach(function (p, i) {
-      var bh = max ? (p.value / max) * (H - 30) : 0;
-      var rect = svg("rect", {x: P + i * bw + 1, y: H - 18 - bh, width: Math.max(bw - 2, 1),
-                              height: bh, class: opts.cls});
-      var tip = svg("title", {});
-      tip.textContent = clock(p.minute) + ": " +
-        (opts.format ? opts.format(p.value) : p.value);
-      rect.appendChild(tip);
-      root.appendChild(rect);
-    });
-    if (points.length) {
-      [0, points.length - 1].forEach(function (i) {
-        var t = svg("text", {x: P + i * bw + (i ? bw : 0), y: H - 4, class: "tick",
-                             "text-anchor": i ? "end" : "start"});
-        t.textContent = clock(points[i].minute, {hour: "2-digit", minute: "2-digit"});
-        root.appendChild(t);
-      });
-    }
-    return root;
-  }
-
   // -- pages ---------------------------------------------------------------------------
   var pages = {};
 
@@ -1674,7 +1626,7 @@
     table: table, kv: kv, section: section, safeRow: safeRow, taskRow: taskRow,
     TASK_COLUMNS: TASK_COLUMNS, button: button, confirmAction: confirmAction,
     repliesView: repliesView, field: field, numberOr: numberOr, refusalLine: refusalLine,
-    CAN_ACT: CAN_ACT, svg: svg, barChart: barChart, STATES: STATES};
+    CAN_ACT: CAN_ACT, STATES: STATES};
   window.Monitor = toolkit;
   var external = window.MonitorPages || {};
   if (pages[CFG.page]) pages[CFG.page]();
