@@ -239,3 +239,36 @@ def test_a_skewed_worker_within_a_retried_attempt_is_flagged(store: Store):
     states = [(e["state"], e["retries"]) for e in timeline]
     assert states.index(("PENDING", 1)) < states.index(("RECEIVED", 1))
     assert "skew" in timeline[states.index(("RECEIVED", 1))]
+
+
+def test_a_retried_task_keeps_its_newest_attempts_times_whatever_reports_come_late(
+    store: Store,
+):
+    """Both sources report both attempts; the slower source's report of the FIRST
+    attempt's transition may land after the second attempt's (seen on a real
+    worker: received then said the first attempt, sent the second, and sent >
+    received). It corrects that attempt's timeline entry, never the task's time
+    fields, which hold the newest attempt's earliest report."""
+
+    def reports(state, at, attempt, host=WORKER, lag=0.004):
+        return [
+            TaskEvent("x", state, T0 + at, "signal", host, {"retries": attempt}),
+            TaskEvent("x", state, T0 + at + lag, "event", host, {"retries": attempt}),
+        ]
+
+    records = reports("PENDING", 0.0, 0, PRODUCER) + reports("RECEIVED", 0.1, 0)
+    records += reports("STARTED", 0.2, 0) + reports("PENDING", 0.30, 1, PRODUCER)
+    records += reports("RECEIVED", 0.31, 1) + reports("RETRY", 0.32, 0)
+    records += reports("STARTED", 0.40, 1)
+    newest = {"sent": T0 + 0.30, "received": T0 + 0.31, "started": T0 + 0.40}
+    rng = random.Random(10)
+    for n in range(300):
+        order = records[:]
+        rng.shuffle(order)
+        task_id = f"late-{n}"
+        for r in order:
+            store.apply([TaskEvent(task_id, r.state, r.timestamp, r.source, r.hostname,
+                                   r.fields)], now=NOW)  # fmt: skip
+        task = store.get_task(task_id)
+        got = {k: float(task[k]) for k in newest}
+        assert got == pytest.approx(newest, abs=1e-6), [(r.state, r.source) for r in order]

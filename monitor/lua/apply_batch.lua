@@ -395,9 +395,11 @@ local function apply_task(rec)
   -- before_task_publish precedes task-sent. Which report arrives first must
   -- not matter.
   local earliest = true
+  local entry  -- this transition's timeline entry
   if is_dup then
     duplicates = duplicates + 1
     local e = tl[dup]
+    entry = e
     earliest = false
     if not has_source(e, src) then
       if time < e.t then
@@ -421,6 +423,15 @@ local function apply_task(rec)
     if reported then e.o = tonumber(reported) end
     tl[#tl + 1] = e
     t.tl_new[#t.tl_new + 1] = e
+    entry = e
+  end
+  -- The task's time fields (received, started ...) hold the newest attempt's
+  -- transition: a report of an older attempt (a retried task's first RECEIVED,
+  -- from the slower source) corrects that attempt's entry only.
+  local newest = true
+  for i = 1, #tl do
+    local x = tl[i]
+    if x ~= entry and x.s == state and x.t > entry.t then newest = false; break end
   end
 
   -- Celery's rule. A duplicate never changes the state: the transition it
@@ -476,7 +487,7 @@ local function apply_task(rec)
   end
   for k, v in pairs(f) do t.fields[k] = v end
   local subject = subjects[state]
-  if subject and earliest then
+  if subject and earliest and newest then
     t.fields[subject] = ts
     if reported then t.fields[subject .. '_reported'] = reported end
   end
@@ -488,7 +499,7 @@ local function apply_task(rec)
   t.changed = true
   applied = applied + 1
 
-  if is_dup and earliest and state == t.state then
+  if is_dup and earliest and newest and state == t.state then
     t.fields.timestamp = ts  -- the current state's time is its earliest report too
   end
   if not merge_only then
